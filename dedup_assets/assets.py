@@ -1,0 +1,552 @@
+"""The asset graph, one partition per collection.
+
+blob_inventory → wavelet_hashes → color_groups → global_groups → local_groups →
+best_selection → deduplicated_files + image_report.
+
+Each function here is wiring: it loads its inputs, calls :mod:`dedup_assets.core`, and turns
+the result into a polars frame stored in DuckDB by the IO manager. Every table has a
+``collection`` column holding the partition key.
+"""
+
+
+import io
+import time
+
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, Config, MetadataValue, asset
+from pydantic import Field
+
+from .core import report
+from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
+from .core.color import ColorSignature
+from .core.grouping import mean_correlation_in_groups, select_keepers
+from .core.parallel import default_workers
+from .core.stage1 import analyse_collection
+from .core.verify import global_similarities, local_inliers
+from .partitions import collections_partitions
+from .resources import EmbedderResource, ImageStoreResource
+
+PARTITIONED = dict(
+    partitions_def=collections_partitions,
+    metadata={"partition_expr": "collection"},
+    group_name="dedup",
+)
+
+PAIR_KEY = ["path_a", "path_b"]
+
+
+def _timed(context: AssetExecutionContext, start: float, n: int, **extra) -> None:
+    seconds = time.perf_counter() - start
+    context.add_output_metadata(
+        {
+            "images": n,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(n / seconds, 2) if seconds > 0 else None,
+            **extra,
+        }
+    )
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+@asset(**PARTITIONED)
+def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) -> pl.DataFrame:
+    """One row per image file of the collection (recognised by extension or content)."""
+    start = time.perf_counter()
+    prefix = store.resolve_collection(context.partition_key)
+    rows = [
+        (b.path, b.size, b.etag, b.last_modified, b.content_md5)
+        for b in store.get_store().iter_blobs(prefix)
+    ]
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "path": pl.String,
+            "size": pl.Int64,
+            "etag": pl.String,
+            "last_modified": pl.Float64,
+            "content_md5": pl.String,
+        },
+        orient="row",
+    ).with_columns(
+        collection=pl.lit(context.partition_key), prefix=pl.lit(prefix)
+    )
+    _timed(context, start, frame.height, prefix=prefix, store=store.get_store().describe())
+    return frame.select("collection", "prefix", *[c for c in frame.columns if c not in ("collection", "prefix")])
+
+
+# --------------------------------------------------------------------------- stage 1
+
+
+class HashingConfig(Config):
+    workers: int = Field(default=0, description="Worker processes (0: one per core).")
+    target_side: int = Field(default=512, description="Long side of the reduced decode (px).")
+    max_pixels: int = Field(
+        default=150_000_000, description="Images declaring more pixels are refused (bombs)."
+    )
+
+
+STAGE1_SCHEMA = {
+    "path": pl.String,
+    "status": pl.String,
+    "error_reason": pl.String,
+    "error_message": pl.String,
+    "content_md5": pl.String,
+    "file_size": pl.Int64,
+    "format": pl.String,
+    "mode": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "has_alpha": pl.Boolean,
+    "whash": pl.Int64,
+    "hash_variants": pl.List(pl.Int64),
+    "quality_score": pl.Float64,
+    "q_resolution": pl.Float64,
+    "q_sharpness": pl.Float64,
+    "q_exposure": pl.Float64,
+    "q_noise": pl.Float64,
+    "q_compression": pl.Float64,
+    "color_hist": pl.Binary,
+    "color_thumb": pl.Binary,
+    "dominant_colors": pl.String,
+    "is_gray": pl.Boolean,
+}
+
+
+@asset(**PARTITIONED)
+def wavelet_hashes(
+    context: AssetExecutionContext,
+    config: HashingConfig,
+    store: ImageStoreResource,
+    blob_inventory: pl.DataFrame,
+) -> pl.DataFrame:
+    """The one full read of every image: hashes, quality, colour signature, decode status."""
+    start = time.perf_counter()
+    prefix = store.resolve_collection(context.partition_key)
+    paths = blob_inventory.sort("path")["path"].to_list()
+    workers = config.workers or default_workers()
+    rows = []
+    for n, row in enumerate(
+        analyse_collection(
+            store.get_store(),
+            prefix,
+            paths,
+            workers=workers,
+            target_side=config.target_side,
+            max_pixels=config.max_pixels,
+        ),
+        1,
+    ):
+        rows.append({k: row.get(k) for k in STAGE1_SCHEMA})
+        if n % 1000 == 0:
+            context.log.info(f"stage 1: {n}/{len(paths)} images")
+    frame = pl.DataFrame(rows, schema=STAGE1_SCHEMA).with_columns(
+        collection=pl.lit(context.partition_key)
+    )
+    errors = frame.filter(pl.col("status") != "ok")
+    _timed(
+        context,
+        start,
+        frame.height,
+        workers=workers,
+        errors=errors.height,
+        images_read=len(paths),
+        error_reasons=MetadataValue.json(
+            dict(errors.group_by("error_reason").len().iter_rows()) if errors.height else {}
+        ),
+    )
+    return frame.select("collection", *STAGE1_SCHEMA)
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+class CandidateConfig(Config):
+    hash_radius: int = Field(
+        default=10, description="Max Hamming distance between 64-bit wavelet hashes."
+    )
+    max_neighbours: int = Field(
+        default=16, description="Hash neighbours searched per image and per variant."
+    )
+    min_color_similarity: float = Field(
+        default=0.6, description="Pairs below this colour similarity are dropped."
+    )
+
+
+def _ok_images(wavelet_hashes: pl.DataFrame) -> pl.DataFrame:
+    return wavelet_hashes.filter(pl.col("status") == "ok").sort("path")
+
+
+def _signatures(images: pl.DataFrame) -> list[ColorSignature]:
+    return [
+        ColorSignature.from_bytes(h, t, d, g)
+        for h, t, d, g in images.select(
+            "color_hist", "color_thumb", "dominant_colors", "is_gray"
+        ).iter_rows()
+    ]
+
+
+def _pairs_frame(collection: str, paths: list[str], pairs: list[Pair], **scores) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "collection": [collection] * len(pairs),
+            "path_a": [paths[p.a] for p in pairs],
+            "path_b": [paths[p.b] for p in pairs],
+            "source": [p.source for p in pairs],
+            "hamming": [p.hamming for p in pairs],
+            "transform": [p.transform for p in pairs],
+            **scores,
+        },
+        schema_overrides={"hamming": pl.Int32, "transform": pl.Int8},
+    )
+
+
+def _pairs_from_frame(frame: pl.DataFrame, index: dict[str, int]) -> list[Pair]:
+    return [
+        Pair(index[a], index[b], s, h, t)
+        for a, b, s, h, t in frame.select(
+            "path_a", "path_b", "source", "hamming", "transform"
+        ).iter_rows()
+    ]
+
+
+@asset(**PARTITIONED)
+def color_groups(
+    context: AssetExecutionContext, config: CandidateConfig, wavelet_hashes: pl.DataFrame
+) -> pl.DataFrame:
+    """Candidate pairs (exact copies, hash neighbours incl. mirror/rotation) checked by colour."""
+    start = time.perf_counter()
+    images = _ok_images(wavelet_hashes)
+    paths = images["path"].to_list()
+    exact, rep = exact_pairs(images["content_md5"].to_list())
+    variants = np.array(images["hash_variants"].to_list(), dtype=np.int64).reshape(-1, 8)
+    near = hash_neighbour_pairs(
+        variants,
+        np.flatnonzero(rep == np.arange(len(paths))),
+        radius=config.hash_radius,
+        max_neighbours=config.max_neighbours,
+    )
+    pairs = exact + near
+    colour = colour_scores(pairs, _signatures(images))
+    frame = _pairs_frame(
+        context.partition_key,
+        paths,
+        pairs,
+        color_similarity=colour,
+        color_kept=colour >= config.min_color_similarity,
+    ).sort(PAIR_KEY)
+    _timed(
+        context,
+        start,
+        images.height,
+        exact_pairs=len(exact),
+        hash_pairs=len(near),
+        kept_pairs=int(frame["color_kept"].sum()),
+        images_read=0,
+    )
+    return frame
+
+
+class GlobalConfig(Config):
+    min_clip_similarity: float = Field(
+        default=0.85, description="Cosine similarity needed between CLIP embeddings."
+    )
+    min_descriptor_similarity: float = Field(
+        default=0.60,
+        description="Cosine similarity needed with the weight-free descriptor (no CLIP weights).",
+    )
+    discover_neighbours: int = Field(
+        default=8, description="Embedding neighbours searched to discover new pairs (0: off)."
+    )
+    min_discover_similarity: float = Field(
+        default=0.95, description="Similarity needed for a discovered pair to enter verification."
+    )
+    workers: int = Field(default=0, description="Decode processes (0: one per core).")
+
+
+@asset(**PARTITIONED)
+def global_groups(
+    context: AssetExecutionContext,
+    config: GlobalConfig,
+    store: ImageStoreResource,
+    embedder: EmbedderResource,
+    wavelet_hashes: pl.DataFrame,
+    color_groups: pl.DataFrame,
+) -> pl.DataFrame:
+    """Pairs confirmed (and new ones discovered) by global image embeddings."""
+    start = time.perf_counter()
+    model = embedder.get_embedder()
+    info = model.info
+    if info.fallback_reason:
+        context.log.warning(f"CLIP not used, weight-free descriptor instead: {info.fallback_reason}")
+    threshold = (
+        config.min_clip_similarity if info.kind == "clip" else config.min_descriptor_similarity
+    )
+    images = _ok_images(wavelet_hashes)
+    paths = images["path"].to_list()
+    index = {p: i for i, p in enumerate(paths)}
+    kept = color_groups.filter(pl.col("color_kept"))
+    exact = kept.filter(pl.col("source") == "exact")
+    todo = _pairs_from_frame(kept.filter(pl.col("source") != "exact"), index)
+    sims, found, found_sims, stats = global_similarities(
+        todo,
+        paths,
+        store.get_store(),
+        store.resolve_collection(context.partition_key),
+        model,
+        hashes=images["whash"].to_numpy(),
+        discover_k=config.discover_neighbours,
+        discover_threshold=max(config.min_discover_similarity, threshold),
+        workers=config.workers or default_workers(),
+    )
+    for path, err in stats.read_errors.items():
+        context.log.warning(f"global stage could not read {path!r}: {err}")
+    found_colour = colour_scores(found, _signatures(images)) if found else np.zeros(0, np.float32)
+    checked = pl.concat(
+        [
+            _pairs_frame(
+                context.partition_key,
+                paths,
+                todo,
+                color_similarity=kept.filter(pl.col("source") != "exact")["color_similarity"],
+                global_similarity=sims,
+            ),
+            _pairs_frame(
+                context.partition_key,
+                paths,
+                found,
+                color_similarity=found_colour,
+                global_similarity=found_sims,
+            ),
+        ],
+        how="vertical_relaxed",
+    )
+    checked = checked.with_columns(global_kept=pl.col("global_similarity") >= threshold)
+    frame = pl.concat(
+        [
+            exact.select(*checked.columns[:7]).with_columns(
+                global_similarity=pl.lit(1.0, pl.Float32), global_kept=pl.lit(True)
+            ),
+            checked,
+        ],
+        how="vertical_relaxed",
+    ).with_columns(embedder=pl.lit(f"{info.kind}:{info.model}:{info.weights}"))
+    frame = frame.sort(PAIR_KEY)
+    _timed(
+        context,
+        start,
+        stats.images_read,
+        images_read=stats.images_read,
+        pairs_checked=len(todo),
+        pairs_discovered=len(found),
+        kept_pairs=int(frame["global_kept"].sum()),
+        embedder_kind=info.kind,
+        embedder_model=info.model,
+        embedder_weights=info.weights,
+        embedder_device=info.device,
+        embedder_fallback_reason=info.fallback_reason or "",
+        threshold=threshold,
+    )
+    return frame
+
+
+class LocalConfig(Config):
+    min_inliers: int = Field(
+        default=25, description="RANSAC inliers of ORB matches needed to confirm a pair."
+    )
+    n_features: int = Field(default=1000, description="ORB keypoints per image.")
+    workers: int = Field(default=0, description="Processes (0: one per core).")
+
+
+@asset(**PARTITIONED)
+def local_groups(
+    context: AssetExecutionContext,
+    config: LocalConfig,
+    store: ImageStoreResource,
+    wavelet_hashes: pl.DataFrame,
+    global_groups: pl.DataFrame,
+) -> pl.DataFrame:
+    """Pairs confirmed by keypoint matching with geometric (RANSAC) verification."""
+    start = time.perf_counter()
+    paths = _ok_images(wavelet_hashes)["path"].to_list()
+    index = {p: i for i, p in enumerate(paths)}
+    kept = global_groups.filter(pl.col("global_kept"))
+    exact = kept.filter(pl.col("source") == "exact")
+    todo_frame = kept.filter(pl.col("source") != "exact")
+    inliers, stats = local_inliers(
+        _pairs_from_frame(todo_frame, index),
+        paths,
+        store.get_store(),
+        store.resolve_collection(context.partition_key),
+        n_features=config.n_features,
+        workers=config.workers or default_workers(),
+    )
+    for path, err in stats.read_errors.items():
+        context.log.warning(f"local stage could not read {path!r}: {err}")
+    frame = pl.concat(
+        [
+            exact.with_columns(inliers=pl.lit(None, pl.Int32), local_kept=pl.lit(True)),
+            todo_frame.with_columns(
+                inliers=pl.Series(inliers, dtype=pl.Int32),
+                local_kept=pl.Series(inliers >= config.min_inliers),
+            ),
+        ],
+        how="vertical_relaxed",
+    ).sort(PAIR_KEY)
+    _timed(
+        context,
+        start,
+        stats.images_read,
+        images_read=stats.images_read,
+        pairs_checked=todo_frame.height,
+        kept_pairs=int(frame["local_kept"].sum()),
+    )
+    return frame
+
+
+# --------------------------------------------------------------------------- selection
+
+
+@asset(**PARTITIONED)
+def best_selection(
+    context: AssetExecutionContext,
+    blob_inventory: pl.DataFrame,
+    wavelet_hashes: pl.DataFrame,
+    local_groups: pl.DataFrame,
+) -> pl.DataFrame:
+    """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image."""
+    start = time.perf_counter()
+    images = (
+        blob_inventory.select("path", "size")
+        .join(wavelet_hashes.drop("collection"), on="path", how="left")
+        .sort("path")
+        .with_columns(
+            status=pl.col("status").fill_null("error"),
+            error_reason=pl.col("error_reason").fill_null(
+                pl.when(pl.col("status").is_null()).then(pl.lit("not_analysed"))
+            ),
+        )
+    )
+    paths = images["path"].to_list()
+    index = {p: i for i, p in enumerate(paths)}
+    edges = [
+        (index[a], index[b])
+        for a, b in local_groups.filter(pl.col("local_kept")).select(*PAIR_KEY).iter_rows()
+    ]
+    ok = (images["status"] == "ok").to_list()
+    sel = select_keepers(
+        paths,
+        ok,
+        images["quality_score"].fill_null(0.0).to_list(),
+        (images["width"].fill_null(0) * images["height"].fill_null(0)).to_list(),
+        images["size"].to_list(),
+        edges,
+    )
+    hists = report.histogram_matrix(images["color_hist"].to_list())
+    frame = pl.DataFrame(
+        {
+            "collection": [context.partition_key] * len(paths),
+            "path": paths,
+            "status": sel.status,
+            "group_id": sel.group_id,
+            "group_size": sel.group_size,
+            "keeper_path": sel.keeper,
+            "quality_score": images["quality_score"],
+            "avg_color_correlation": mean_correlation_in_groups(hists, sel.group_id),
+            "error_reason": images["error_reason"],
+            "error_message": images["error_message"],
+        },
+        schema_overrides={"group_size": pl.Int32},
+    ).with_columns(pl.col("avg_color_correlation").fill_nan(None))
+    counts = dict(frame.group_by("status").len().iter_rows())
+    _timed(
+        context,
+        start,
+        frame.height,
+        groups=frame.filter(pl.col("group_size") > 1)["group_id"].n_unique(),
+        **{f"status_{k.lower()}": counts.get(k, 0) for k in ("Best", "Duplicate", "Unique", "Error")},
+    )
+    return frame
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@asset(**PARTITIONED)
+def deduplicated_files(
+    context: AssetExecutionContext,
+    store: ImageStoreResource,
+    wavelet_hashes: pl.DataFrame,
+    best_selection: pl.DataFrame,
+) -> pl.DataFrame:
+    """Copies into <collection>_deduplicated/best/ (keepers and uniques) and …/duplicates/."""
+    start = time.perf_counter()
+    image_store = store.get_store()
+    prefix = store.resolve_collection(context.partition_key)
+    todo = (
+        best_selection.filter(pl.col("status") != "Error")
+        .join(wavelet_hashes.select("path", "content_md5"), on="path")
+        .with_columns(dest=report.destination_expr())
+        .sort("path")
+    )
+    actions = [
+        image_store.copy_to_output(prefix, path, dest, md5)
+        for path, dest, md5 in todo.select("path", "dest", "content_md5").iter_rows()
+    ]
+    expected = set(todo["dest"].to_list())
+    stale = [
+        f
+        for folder in report.COPY_FOLDERS
+        for f in image_store.list_outputs(prefix, folder)
+        if f not in expected
+    ]
+    for f in stale:
+        image_store.delete_output(prefix, f)
+    frame = todo.select("collection", "path", "status", "dest").with_columns(
+        action=pl.Series(actions, dtype=pl.String)
+    )
+    _timed(
+        context,
+        start,
+        frame.height,
+        copied=actions.count("copied"),
+        skipped_identical=actions.count("skipped"),
+        stale_removed=len(stale),
+        output=image_store.output_location(prefix),
+    )
+    return frame
+
+
+@asset(**PARTITIONED)
+def image_report(
+    context: AssetExecutionContext,
+    store: ImageStoreResource,
+    wavelet_hashes: pl.DataFrame,
+    best_selection: pl.DataFrame,
+) -> pl.DataFrame:
+    """image_report.csv next to the copies: one row per inventoried image."""
+    start = time.perf_counter()
+    image_store = store.get_store()
+    prefix = store.resolve_collection(context.partition_key)
+    frame = report.build_report(best_selection, wavelet_hashes)
+    buf = io.BytesIO()
+    frame.write_csv(buf)
+    location = image_store.write_output(prefix, report.REPORT_NAME, buf.getvalue())
+    _timed(context, start, frame.height, report=MetadataValue.path(location))
+    return frame.with_columns(collection=pl.lit(context.partition_key)).select(
+        "collection", *frame.columns
+    )
+
+
+ALL_ASSETS = [
+    blob_inventory,
+    wavelet_hashes,
+    color_groups,
+    global_groups,
+    local_groups,
+    best_selection,
+    deduplicated_files,
+    image_report,
+]

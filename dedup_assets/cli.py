@@ -1,0 +1,167 @@
+"""Command line: ``dedup-assets run SOURCE_DIR --output OUT_DIR`` and friends.
+
+``run`` materialises the whole asset graph in-process for one folder (one collection). Its
+Dagster instance and DuckDB file live in ``OUT_DIR/.dedup_state/`` so that results stay
+queryable and a second run finds the first one's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+DEMO_DIR = Path("data")
+DEMO_COLLECTION = "sample-photos"
+
+
+def _state_dir(out: Path) -> Path:
+    return out / ".dedup_state"
+
+
+def run_collection(
+    source: Path,
+    out: Path,
+    *,
+    workers: int = 0,
+    embedder=None,
+    verbose: bool = False,
+    run_config: dict | None = None,
+):
+    """Materialise every asset for ``source`` as one collection; returns the Dagster result."""
+    from dagster import DagsterInstance, materialize
+    from dagster._core.instance.ref import InstanceRef
+
+    from .assets import ALL_ASSETS
+    from .core.store import collection_slug
+    from .definitions import build_resources
+    from .partitions import collections_partitions
+
+    source, out = source.resolve(), out.resolve()
+    if not source.is_dir():
+        raise SystemExit(f"dedup-assets: {source} is not a folder")
+    if source.parent == source:
+        raise SystemExit("dedup-assets: the source cannot be the file system root")
+    if out == source or source in out.parents:
+        raise SystemExit(
+            f"dedup-assets: the output {out} lies inside the source {source}; "
+            "the source collection is never written to"
+        )
+    state = _state_dir(out)
+    (state / "dagster").mkdir(parents=True, exist_ok=True)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
+    key = collection_slug(source.name)
+    if not instance.has_dynamic_partition(collections_partitions.name, key):
+        instance.add_dynamic_partitions(collections_partitions.name, [key])
+    config: dict = {"ops": {}}
+    if workers:
+        for name in ("wavelet_hashes", "global_groups", "local_groups"):
+            config["ops"][name] = {"config": {"workers": workers}}
+    for op, op_config in (run_config or {}).get("ops", {}).items():
+        config["ops"].setdefault(op, {"config": {}})["config"].update(op_config["config"])
+    config["loggers"] = {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}
+    resources = build_resources(
+        source_root=str(source.parent),
+        output_root=str(out),
+        database=str(state / "dedup_assets.duckdb"),
+        embedder=embedder,
+    )
+    return materialize(
+        ALL_ASSETS,
+        partition_key=key,
+        resources=resources,
+        instance=instance,
+        run_config=config,
+        raise_on_error=False,
+    )
+
+
+def report_path(source: Path, out: Path) -> Path:
+    from .core.report import REPORT_NAME
+    from .core.store import DEDUP_SUFFIX
+
+    return out.resolve() / f"{source.resolve().name}{DEDUP_SUFFIX}" / REPORT_NAME
+
+
+def _summary(source: Path, out: Path, seconds: float) -> str:
+    path = report_path(source, out)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    status = Counter(r["Status"] for r in rows)
+    groups = len({r["Group ID"] for r in rows if r["Status"] in ("Best", "Duplicate")})
+    return "\n".join(
+        [
+            f"images:     {len(rows)} ({len(rows) / seconds:.1f} images/s)",
+            f"groups:     {groups} groups of duplicates",
+            f"duplicates: {status['Duplicate']}",
+            f"unique:     {status['Unique']}",
+            f"errors:     {status['Error']}",
+            f"time:       {seconds:.1f} s",
+            f"report:     {path}",
+        ]
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    result = run_collection(
+        Path(args.source), Path(args.output), workers=args.workers, verbose=args.verbose
+    )
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure:
+                print(event.message, file=sys.stderr)
+        print("dedup-assets: the run failed", file=sys.stderr)
+        return 1
+    print(_summary(Path(args.source), Path(args.output), time.perf_counter() - start))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .core.sample import make_sample_collection
+
+    truth = make_sample_collection(args.dest)
+    n = sum(1 for p in Path(args.dest).rglob("*") if p.is_file())
+    print(f"wrote {n} files ({len(truth['groups'])} duplicate groups) to {args.dest}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .core.sample import make_sample_collection
+
+    source = Path(args.data) / "collections" / DEMO_COLLECTION
+    if not source.exists():
+        make_sample_collection(source)
+        print(f"sample collection written to {source}")
+    args.source, args.output = str(source), str(Path(args.data) / "output")
+    return _cmd_run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dedup-assets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="deduplicate one folder (one collection)")
+    run.add_argument("source", help="folder of images (searched recursively)")
+    run.add_argument("--output", required=True, help="folder receiving <name>_deduplicated/")
+    demo = sub.add_parser("demo", help="make the sample collection and deduplicate it")
+    demo.add_argument("--data", default=str(DEMO_DIR), help="folder for the demo (default: data)")
+    for p in (run, demo):
+        p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+        p.add_argument("-v", "--verbose", action="store_true", help="show Dagster's INFO logs")
+    run.set_defaults(fn=_cmd_run)
+    demo.set_defaults(fn=_cmd_demo)
+
+    sample = sub.add_parser("sample", help="write the sample collection to a folder")
+    sample.add_argument("dest")
+    sample.set_defaults(fn=_cmd_sample)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

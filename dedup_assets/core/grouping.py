@@ -1,0 +1,125 @@
+"""Groups from verified pairs, and the keeper of each group.
+
+Groups are the connected components of the verified edges. The keeper is the image with the
+highest quality score; ties are broken by pixel count, then file size, then path, so the same
+inputs always give the same keeper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+STATUSES = ("Best", "Duplicate", "Unique", "Error")
+
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # the smaller index becomes the root: components are labelled deterministically
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+
+def components(n: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Component label per node: the smallest node index in its component."""
+    uf = UnionFind(n)
+    for a, b in edges:
+        uf.union(int(a), int(b))
+    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+
+
+def group_id(member_paths: Sequence[str]) -> str:
+    """A stable id for a group: a short hash of its first path (paths sorted)."""
+    return "g" + hashlib.sha1(min(member_paths).encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Selection:
+    group_id: list[str | None]
+    group_size: list[int]
+    status: list[str]
+    keeper: list[str | None]
+
+
+def select_keepers(
+    paths: Sequence[str],
+    ok: Sequence[bool],
+    quality: Sequence[float],
+    pixels: Sequence[int],
+    file_size: Sequence[int],
+    edges: Sequence[tuple[int, int]],
+) -> Selection:
+    """Status, group and keeper for every image.
+
+    ``edges`` join indexes into ``paths``; edges touching an image that is not ``ok`` are
+    ignored (an unreadable image is never grouped). Unreadable images get status ``Error``.
+    """
+    n = len(paths)
+    ok_arr = np.asarray(ok, dtype=bool)
+    good = [(a, b) for a, b in edges if ok_arr[a] and ok_arr[b]]
+    label = components(n, good)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        if ok_arr[i]:
+            members.setdefault(int(label[i]), []).append(i)
+
+    gid: list[str | None] = [None] * n
+    size = [0] * n
+    status = ["Error"] * n
+    keeper: list[str | None] = [None] * n
+    for idxs in members.values():
+        best = min(idxs, key=lambda i: (-float(quality[i]), -int(pixels[i]), -int(file_size[i]), paths[i]))
+        g = group_id([paths[i] for i in idxs])
+        for i in idxs:
+            gid[i] = g
+            size[i] = len(idxs)
+            keeper[i] = paths[best]
+            status[i] = "Unique" if len(idxs) == 1 else ("Best" if i == best else "Duplicate")
+    return Selection(gid, size, status, keeper)
+
+
+def mean_correlation_in_groups(hists: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:
+    """Per image, the mean Pearson correlation of its colour histogram with the other members.
+
+    Computed in O(group size) per group from standardised histograms; NaN for single images
+    and unreadable ones.
+    """
+    n = len(labels)
+    out = np.full(n, np.nan, dtype=np.float64)
+    if n == 0:
+        return out
+    h = np.asarray(hists, dtype=np.float64)
+    z = h - h.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(labels):
+        if g is not None:
+            by_group.setdefault(g, []).append(i)
+    for idxs in by_group.values():
+        if len(idxs) < 2:
+            continue
+        zg = z[idxs]
+        total = zg.sum(axis=0)
+        self_sim = (zg * zg).sum(axis=1)
+        out[idxs] = (zg @ total - self_sim) / (len(idxs) - 1)
+    return out

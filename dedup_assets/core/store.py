@@ -1,0 +1,280 @@
+"""Image stores: where collections of images are read from and where results are written.
+
+A *store* has a root; a *collection* is a folder (prefix) below that root. Results for
+collection ``c`` go to ``<output root>/<c>_deduplicated/``. The source collection is never
+written to.
+
+This module holds the interface and the local-folder implementation. It has no Dagster
+import so it can be used (and pickled into worker processes) on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+#: File extensions taken as images without looking at the content.
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif",
+        ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".heic", ".heif", ".avif", ".svg", ".ico",
+        ".jp2", ".tga",
+    }
+)
+
+#: Leading bytes of image formats, for files whose extension says nothing.
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF little endian
+    b"MM\x00*",  # TIFF big endian
+    b"RIFF",  # WebP (checked further below)
+    b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",  # netpbm
+)
+
+DEDUP_SUFFIX = "_deduplicated"
+SNIFF_BYTES = 16
+
+
+def looks_like_image(name: str, head: bytes) -> bool:
+    """True when a file is an image by its extension or by its first bytes."""
+    if PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    if head.startswith(b"RIFF"):
+        return head[8:12] == b"WEBP"
+    if head[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        return len(head) > 2 and head[2:3] in (b"\n", b" ", b"\r", b"\t")
+    return any(head.startswith(m) for m in _MAGIC if len(m) > 2)
+
+
+def collection_slug(collection: str) -> str:
+    """A safe partition key for a collection prefix: ``[a-z0-9_-]``, at most 64 characters.
+
+    The plain name is used when it is already safe; otherwise the sanitised name gets a short
+    hash of the real prefix so that two prefixes never share a key.
+    """
+    name = collection.strip("/")
+    if not name:
+        raise ValueError("a collection must be a non-empty folder or prefix")
+    safe = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_") or "collection"
+    if safe == name and len(safe) <= 64:
+        return safe
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:55]}-{digest}"
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """One inventoried file. ``path`` is relative to the collection, with ``/`` separators."""
+
+    path: str
+    size: int
+    etag: str
+    last_modified: float
+    content_md5: str | None = None
+
+
+class StoreError(RuntimeError):
+    """A store operation failed in a way the caller should report."""
+
+
+class ImageStore(ABC):
+    """Where images are read from and results are written to."""
+
+    kind: str
+
+    @abstractmethod
+    def describe(self) -> str:
+        """A human description without secrets (for logs and metadata)."""
+
+    @abstractmethod
+    def list_collections(self) -> list[str]:
+        """Top-level collections (folders/prefixes) holding files, outputs excluded."""
+
+    @abstractmethod
+    def iter_blobs(self, collection: str) -> Iterator[BlobInfo]:
+        """Every image file under the collection, recursively, in a deterministic order."""
+
+    @abstractmethod
+    def read_bytes(self, collection: str, path: str) -> bytes:
+        """The content of one file of the collection."""
+
+    @abstractmethod
+    def copy_to_output(self, collection: str, path: str, dest: str, content_md5: str) -> str:
+        """Copy a source file to ``dest`` (relative to the collection's output folder).
+
+        Returns ``"copied"`` or ``"skipped"`` (an identical file was there already). The copy
+        is verified against ``content_md5``; a mismatch raises :class:`StoreError`.
+        """
+
+    @abstractmethod
+    def write_output(self, collection: str, name: str, data: bytes) -> str:
+        """Write a result file into the collection's output folder; returns its location."""
+
+    @abstractmethod
+    def list_outputs(self, collection: str, folder: str) -> list[str]:
+        """Files (relative to the output folder) below ``folder`` of the output folder."""
+
+    @abstractmethod
+    def delete_output(self, collection: str, dest: str) -> None:
+        """Delete one file of the output folder (never a source file)."""
+
+    @abstractmethod
+    def output_location(self, collection: str) -> str:
+        """Where the collection's results are written."""
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_relative(rel: str) -> PurePosixPath:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise StoreError(f"refusing unsafe relative path {rel!r}")
+    return p
+
+
+@dataclass(frozen=True)
+class LocalFolderStore(ImageStore):
+    """Collections are sub-folders of ``root``; outputs go below ``output_root`` (default root)."""
+
+    root: str
+    output_root: str | None = None
+    kind: str = "local"
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.root).expanduser().resolve()
+
+    @property
+    def _out_root(self) -> Path:
+        return Path(self.output_root).expanduser().resolve() if self.output_root else self._root
+
+    def describe(self) -> str:
+        return f"local folder {self._root}"
+
+    def collection_dir(self, collection: str) -> Path:
+        d = self._root.joinpath(*_safe_relative(collection).parts)
+        if not d.is_dir():
+            raise StoreError(f"collection folder {d} does not exist")
+        return d
+
+    def output_dir(self, collection: str) -> Path:
+        rel = _safe_relative(collection)
+        return self._out_root.joinpath(*rel.parent.parts, rel.name + DEDUP_SUFFIX)
+
+    def output_location(self, collection: str) -> str:
+        return str(self.output_dir(collection))
+
+    def list_collections(self) -> list[str]:
+        if not self._root.is_dir():
+            raise StoreError(f"store root {self._root} does not exist")
+        return sorted(
+            e.name
+            for e in os.scandir(self._root)
+            if e.is_dir(follow_symlinks=False)
+            and not e.name.startswith(".")
+            and not e.name.endswith(DEDUP_SUFFIX)
+        )
+
+    def iter_blobs(self, collection: str) -> Iterator[BlobInfo]:
+        base = self.collection_dir(collection)
+        out = self.output_dir(collection)
+
+        def walk(d: Path, rel: str) -> Iterator[BlobInfo]:
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError as exc:
+                raise StoreError(f"cannot list {d}: {exc}") from exc
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                child = f"{rel}{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    if Path(e.path) == out:
+                        continue
+                    yield from walk(Path(e.path), child + "/")
+                elif e.is_file(follow_symlinks=False):
+                    st = e.stat(follow_symlinks=False)
+                    if not self._is_image(e.path, e.name, st.st_size):
+                        continue
+                    yield BlobInfo(
+                        path=child,
+                        size=st.st_size,
+                        etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+                        last_modified=st.st_mtime,
+                    )
+
+        yield from walk(base, "")
+
+    @staticmethod
+    def _is_image(full: str, name: str, size: int) -> bool:
+        if PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS:
+            return True
+        if size == 0:
+            return False
+        try:
+            with open(full, "rb") as f:
+                head = f.read(SNIFF_BYTES)
+        except OSError:
+            return True  # unreadable: keep it so it is reported, not lost
+        return looks_like_image(name, head)
+
+    def read_bytes(self, collection: str, path: str) -> bytes:
+        full = self.collection_dir(collection).joinpath(*_safe_relative(path).parts)
+        try:
+            return full.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+
+    def _dest(self, collection: str, dest: str) -> Path:
+        return self.output_dir(collection).joinpath(*_safe_relative(dest).parts)
+
+    def copy_to_output(self, collection: str, path: str, dest: str, content_md5: str) -> str:
+        src = self.collection_dir(collection).joinpath(*_safe_relative(path).parts)
+        target = self._dest(collection, dest)
+        if target.is_file() and target.stat().st_size == src.stat().st_size:
+            if _md5_file(target) == content_md5:
+                return "skipped"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(src, tmp)
+        if _md5_file(tmp) != content_md5:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"copy of {path!r} does not match its content hash (source changed?)")
+        os.replace(tmp, target)
+        return "copied"
+
+    def write_output(self, collection: str, name: str, data: bytes) -> str:
+        target = self._dest(collection, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        return str(target)
+
+    def list_outputs(self, collection: str, folder: str) -> list[str]:
+        base = self.output_dir(collection)
+        top = base.joinpath(*_safe_relative(folder).parts)
+        if not top.is_dir():
+            return []
+        return sorted(
+            p.relative_to(base).as_posix() for p in top.rglob("*") if p.is_file()
+        )
+
+    def delete_output(self, collection: str, dest: str) -> None:
+        self._dest(collection, dest).unlink(missing_ok=True)
