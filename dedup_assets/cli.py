@@ -140,6 +140,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_run(args)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args.name, args.options)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dedup-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     sample = sub.add_parser("sample", help="write the sample collection to a folder")
     sample.add_argument("dest")
     sample.set_defaults(fn=_cmd_sample)
+
+    bench = sub.add_parser("bench", help="run a benchmark: dedup-assets bench NAME --help")
+    bench.add_argument("name", help="benchmark name (a module of dedup_assets.bench)")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(fn=_cmd_bench)
 
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -116,17 +116,22 @@ def _self_timing() -> None:  # pragma: no cover - manual benchmark
     big.save(buf, "JPEG", quality=90)
     jpeg = buf.getvalue()
 
-    def bench(fn, n=20):
-        fn()
+    def once(fn):
         t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - t) / n * 1000
+        fn()
+        return (time.perf_counter() - t) * 1000
 
-    t_dec = bench(lambda: decode_image(jpeg))
-    t_all = bench(lambda: analyse_bytes(jpeg))
+    def bench(fn, n=30):  # median: robust to other load on the machine
+        fn()
+        return sorted(once(fn) for _ in range(n))[n // 2]
+
+    dec, ana = [], []
+    for _ in range(40):  # interleaved so both see the same machine load
+        dec.append(once(lambda: decode_image(jpeg)))
+        ana.append(once(lambda: analyse_bytes(jpeg)))
+    t_dec, t_all = sorted(dec)[20], sorted(ana)[20]
     print(f"12 MP JPEG ({len(jpeg) / 1e6:.2f} MB, q90): decode_image {t_dec:.1f} ms, "
-          f"analyse_bytes {t_all:.1f} ms (+{t_all - t_dec:.1f} ms)")
+          f"analyse_bytes {t_all:.1f} ms (+{t_all - t_dec:.1f} ms) [medians]")
     img = decode_image(jpeg)
     gray = cv2.cvtColor(img.rgb, cv2.COLOR_RGB2GRAY)
     print(f"  md5 {bench(lambda: hashlib.md5(jpeg).digest()):.2f} ms, "

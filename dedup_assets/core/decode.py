@@ -32,7 +32,10 @@ Design notes
 * EXIF orientation (and, failing that, an XMP ``tiff:Orientation``) is applied
   to the reduced array; ``width``/``height`` are full-resolution post-rotation.
 * All Python warnings raised while decoding (decompression-bomb warnings,
-  corrupt EXIF, palette transparency...) are suppressed.
+  corrupt EXIF, palette transparency...) are suppressed with
+  ``warnings.catch_warnings()`` (process-global state: safe in worker processes;
+  with threads the filters are still restored, at worst a warning leaks).
+* Pure function of the bytes; no global Pillow setting is modified.
 
 Error reasons (``ImageDecodeError.reason``)
 -------------------------------------------
@@ -285,7 +288,6 @@ _RASTER_MAGIC = (
     b"\x89PNG\r\n\x1a\n",
     b"GIF87a",
     b"GIF89a",
-    b"BM",
     b"II*\x00",
     b"MM\x00*",
 )
@@ -300,6 +302,8 @@ def _classify_unidentified(data: bytes) -> tuple[str, str]:
     for magic in _RASTER_MAGIC:
         if data.startswith(magic) and len(data) > len(magic) + 2:
             return "truncated", "image signature found but the header cannot be parsed"
+    if data.startswith(b"BM") and len(data) > 4 and not _looks_like_text(head):
+        return "truncated", "BMP signature found but the header cannot be parsed"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _UNSUPPORTED_FTYP:
@@ -476,6 +480,8 @@ def decode_image(
         raise ValueError(f"target_side must be >= {MIN_SIDE}")
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty", "zero-byte input")
+    if not isinstance(data, bytes):
+        data = bytes(data)  # bytearray / memoryview
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -499,6 +505,9 @@ def _decode(data: bytes, target_side: int, max_pixels: int) -> DecodedImage:
         reason, msg = _classify_unidentified(data)
         raise ImageDecodeError(reason, msg) from None
     except _CORRUPT_ERRORS as exc:
+        reason, msg = _classify_unidentified(data)
+        if reason == "unsupported_format":  # e.g. text that happens to start with "BM"
+            raise ImageDecodeError(reason, msg) from None
         raise ImageDecodeError("truncated", f"cannot parse header: {exc}") from None
 
     with im:

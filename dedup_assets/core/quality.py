@@ -12,19 +12,28 @@ Components (each 0..100, higher is better)
 ------------------------------------------
 ``q_resolution``   ``100 * log(MP / 0.01) / log(12 / 0.01)`` clipped: 0 at <= 0.01 MP,
                    100 at >= 12 MP (full-resolution width*height).
-``q_sharpness``    Mean gradient energy of the denoised working gray, normalised by its
-                   contrast, mapped with a saturating curve.  Specifically
-                   ``E = mean(|Laplacian(G)|) / (p95 - p5 of G + 8)`` where ``G`` is the
-                   working gray after a 3x3 median (so pixel noise does not
-                   register as detail); ``q = 100 * (1 - exp(-E / SHARP_SCALE))``.
-``q_exposure``     ``100 * (1 - penalty)``; penalty combines the fraction of clipped
-                   shadows (<= 4) / highlights (>= 251), the distance of the mean
-                   luminance from mid-grey beyond a tolerance band, and low global
-                   contrast (std < 0.16); capped at 1.
-``q_noise``        Immerkaer fast noise estimate ``sigma = sqrt(pi/2) / (6 (W-2)(H-2)) *
-                   sum |G * N|`` with ``N = [[1,-2,1],[-2,4,-2],[1,-2,1]]``, computed only on
-                   the flattest 50 % of pixels (Sobel magnitude below its median) so
-                   texture is not mistaken for noise; ``q = 100 * (1 - sigma/15)`` clipped.
+``q_sharpness``    Edge acutance: mean ``|Laplacian|`` over the 10 % strongest-gradient
+                   pixels (Sobel) of the working gray after a 3x3 median (so pixel
+                   noise barely registers), normalised by the contrast
+                   ``p95 - p5 + 8``: ``E``; ``q = 100 * (1 - exp(-E / SHARP_SCALE))``
+                   (``SHARP_SCALE = 0.10``; sharp photos ~70-95, sigma-3 blur of a
+                   ~1 MP photo ~30).
+``q_exposure``     ``100 * (1 - min(1, penalty))`` with penalty =
+                   ``2.0 * max(0, frac(>= 251) - 0.02)`` (blown highlights)
+                   ``+ 1.5 * max(0, frac(<= 4) - 0.30)`` (crushed shadows; black
+                   backgrounds are common, hence the large allowance)
+                   ``+ 0.6 * clip((p0.5 - 25) / 60)`` (washed out: no true blacks)
+                   ``+ 0.6 * clip((215 - p99.5) / 120)`` (dull/dark: no highlights)
+                   ``+ 0.8 * max(0, |mean - 0.47| - 0.15) / 0.32`` (mean far from mid-grey)
+                   ``+ 0.5 * max(0, 0.15 - std) / 0.15`` (very low contrast).
+``q_noise``        Immerkaer fast noise estimate ``sigma = sqrt(pi/2) / 6 * mean |G * N|``
+                   with ``N = [[1,-2,1],[-2,4,-2],[1,-2,1]]``, averaged only over the
+                   80 % of pixels with the weakest Sobel gradient (texture/edges are
+                   not noise); ``q = 100 * (1 - sigma / NOISE_SIGMA_ZERO)`` clipped, with
+                   ``NOISE_SIGMA_ZERO = 6``.  Because sigma is measured at the reduced
+                   working scale (reduction averages noise away: sigma 20 added to a
+                   ~1 MP photo measures ~3 at 512 px), the zero point is 6 rather
+                   than the ~15 one would use at full resolution.
 ``q_compression``  From the JPEG quantisation-table quality when given
                    (``interp(q, [10, 25, 50, 75, 95], [0, 20, 50, 80, 100])``), 100 for
                    lossless formats; multiplied by a blockiness factor when the decoded
