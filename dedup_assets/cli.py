@@ -86,7 +86,16 @@ def report_path(source: Path, out: Path) -> Path:
     return out.resolve() / f"{source.resolve().name}{DEDUP_SUFFIX}" / REPORT_NAME
 
 
-def _summary(source: Path, out: Path, seconds: float) -> str:
+def _copy_counts(result) -> str:
+    """'N copied, M already present' from the deduplicated_files materialisation."""
+    for m in result.asset_materializations_for_node("deduplicated_files"):
+        meta = m.metadata
+        copied, skipped = meta["copied"].value, meta["skipped_identical"].value
+        return f"{copied} copied, {skipped} already present"
+    return "none"
+
+
+def _summary(source: Path, out: Path, seconds: float, copies: str = "") -> str:
     path = report_path(source, out)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -99,6 +108,7 @@ def _summary(source: Path, out: Path, seconds: float) -> str:
             f"duplicates: {status['Duplicate']}",
             f"unique:     {status['Unique']}",
             f"errors:     {status['Error']}",
+            f"copies:     {copies}",
             f"time:       {seconds:.1f} s",
             f"report:     {path}",
         ]
@@ -116,7 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(event.message, file=sys.stderr)
         print("dedup-assets: the run failed", file=sys.stderr)
         return 1
-    print(_summary(Path(args.source), Path(args.output), time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    print(_summary(Path(args.source), Path(args.output), seconds, _copy_counts(result)))
     return 0
 
 

@@ -161,6 +161,13 @@ def test_cli_run(sample, tmp_path, capsys):
     assert "errors:     2" in printed
     assert str(report_path(source, out)) in printed
     assert (out / ".dedup_state" / "dedup_assets.duckdb").exists()
+    copies = next(line for line in printed.splitlines() if line.startswith("copies:"))
+    assert " 0 already present" in copies and " 0 copied" not in copies
+    # the same command again resumes from the instance under OUT and copies nothing twice
+    assert main(["run", str(source), "--output", str(out), "--workers", "1"]) == 0
+    again = capsys.readouterr().out
+    assert "copies:     0 copied" in again
+    assert printed.split("groups:")[1].split("copies:")[0] == again.split("groups:")[1].split("copies:")[0]
 
 
 def test_cli_refuses_output_inside_source(sample):
