@@ -51,30 +51,38 @@ def _timed(context: AssetExecutionContext, start: float, n: int, **extra) -> Non
 # --------------------------------------------------------------------------- inventory
 
 
+INVENTORY_SCHEMA = {
+    "path": pl.String,
+    "size": pl.Int64,
+    "etag": pl.String,
+    "last_modified": pl.Float64,
+    "content_md5": pl.String,
+}
+INVENTORY_BATCH = 20_000
+
+
 @asset(**PARTITIONED)
 def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) -> pl.DataFrame:
-    """One row per image file of the collection (recognised by extension or content)."""
+    """One row per image file of the collection (recognised by extension or content).
+
+    The listing streams page by page into columnar batches: never all blobs as Python objects.
+    """
     start = time.perf_counter()
     prefix = store.resolve_collection(context.partition_key)
-    rows = [
-        (b.path, b.size, b.etag, b.last_modified, b.content_md5)
-        for b in store.get_store().iter_blobs(prefix)
-    ]
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "path": pl.String,
-            "size": pl.Int64,
-            "etag": pl.String,
-            "last_modified": pl.Float64,
-            "content_md5": pl.String,
-        },
-        orient="row",
-    ).with_columns(
+    image_store = store.get_store()
+    frames, rows = [], []
+    for b in image_store.iter_blobs(prefix):
+        rows.append((b.path, b.size, b.etag, b.last_modified, b.content_md5))
+        if len(rows) >= INVENTORY_BATCH:
+            frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+            rows = []
+            context.log.info(f"inventory: {sum(f.height for f in frames)} images so far")
+    frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+    frame = pl.concat(frames, rechunk=True).with_columns(
         collection=pl.lit(context.partition_key), prefix=pl.lit(prefix)
     )
-    _timed(context, start, frame.height, prefix=prefix, store=store.get_store().describe())
-    return frame.select("collection", "prefix", *[c for c in frame.columns if c not in ("collection", "prefix")])
+    _timed(context, start, frame.height, prefix=prefix, store=image_store.describe())
+    return frame.select("collection", "prefix", *INVENTORY_SCHEMA)
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -491,10 +499,9 @@ def deduplicated_files(
         .with_columns(dest=report.destination_expr())
         .sort("path")
     )
-    actions = [
-        image_store.copy_to_output(prefix, path, dest, md5)
-        for path, dest, md5 in todo.select("path", "dest", "content_md5").iter_rows()
-    ]
+    actions = list(
+        image_store.copy_many(prefix, todo.select("path", "dest", "content_md5").iter_rows())
+    )
     expected = set(todo["dest"].to_list())
     stale = [
         f

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -115,6 +115,14 @@ class ImageStore(ABC):
         Returns ``"copied"`` or ``"skipped"`` (an identical file was there already). The copy
         is verified against ``content_md5``; a mismatch raises :class:`StoreError`.
         """
+
+    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str]]) -> Iterator[str]:
+        """:meth:`copy_to_output` for each ``(path, dest, content_md5)``, results in order.
+
+        Stores with a network behind them override this to run copies concurrently.
+        """
+        for path, dest, md5 in items:
+            yield self.copy_to_output(collection, path, dest, md5)
 
     @abstractmethod
     def write_output(self, collection: str, name: str, data: bytes) -> str:
