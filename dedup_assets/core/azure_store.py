@@ -580,6 +580,16 @@ class AzureBlobStore(ImageStore):
             raise self._error(f"cannot write {name!r}", exc) from None
         return f"az://{self._out_container}/{full}"
 
+    def read_output(self, collection: str, name: str) -> bytes:
+        from azure.core.exceptions import AzureError
+
+        full = _join(self.output_dir(collection), *_safe_relative(name).parts)
+        try:
+            with self._rt().slots:
+                return self._blob(self._out_container, full).download_blob().readall()
+        except AzureError as exc:
+            raise self._error(f"cannot read output {name!r}", exc) from None
+
     def list_outputs(self, collection: str, folder: str) -> list[str]:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 

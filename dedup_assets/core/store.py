@@ -129,6 +129,10 @@ class ImageStore(ABC):
         """Write a result file into the collection's output folder; returns its location."""
 
     @abstractmethod
+    def read_output(self, collection: str, name: str) -> bytes:
+        """The content of one file of the collection's output folder."""
+
+    @abstractmethod
     def list_outputs(self, collection: str, folder: str) -> list[str]:
         """Files (relative to the output folder) below ``folder`` of the output folder."""
 
@@ -274,6 +278,12 @@ class LocalFolderStore(ImageStore):
         tmp.write_bytes(data)
         os.replace(tmp, target)
         return str(target)
+
+    def read_output(self, collection: str, name: str) -> bytes:
+        try:
+            return self._dest(collection, name).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read output {name!r}: {exc.strerror or exc}") from exc
 
     def list_outputs(self, collection: str, folder: str) -> list[str]:
         base = self.output_dir(collection)
