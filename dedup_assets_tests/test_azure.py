@@ -326,3 +326,33 @@ def test_throttling_honours_retry_after(azurite, uploaded):
         waited = time.perf_counter() - start
     assert data[:3] == b"\xff\xd8\xff" and proxy.injected == {"429": 1, "503": 1}
     assert 2.0 <= waited < 5.0 and THROTTLE.pauses == pauses + 2
+
+
+def test_copy_whose_answer_is_lost_is_not_made_twice(azurite, service, uploaded):
+    """The copy request reaches Azurite, its answer is lost, the SDK retries: one copy only."""
+    import hashlib
+
+    data = service.get_blob_client(SOURCE, f"{COLLECTION}/originals/coins.jpg").download_blob().readall()
+    md5 = hashlib.md5(data).hexdigest()
+    with FaultProxy(azurite.port) as proxy:
+        store = AzureBlobStore(
+            azurite.auth(proxy.port), SOURCE, output_container="results",
+            output_prefix="lost", limits=AzureLimits(retry_backoff=0.01),
+        )
+        dest = "/devstoreaccount1/results/lost/photos_deduplicated/best/coins.jpg"
+        # requests: source properties, destination properties, the copy, verification
+        for fault in ("lost", "lost500"):
+            if fault == "lost500":  # now the destination exists with other bytes: overwrite it
+                service.get_blob_client("results", dest.split("/results/")[1]).upload_blob(
+                    b"stale", overwrite=True
+                )
+            proxy.reset_counts()
+            proxy.script = [None, None, fault]
+            assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "copied"
+            statuses = [status for d, status in proxy.copies if d == dest]
+            assert statuses[0] == 202 and len(statuses) == 2 and statuses[1] in (409, 412), statuses
+            assert proxy.effective_copies() == {dest: 1}
+        assert store.read_output(COLLECTION, "best/coins.jpg") == data
+        proxy.reset_counts()
+        assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "skipped"
+        assert not proxy.copies
