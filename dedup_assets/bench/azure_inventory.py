@@ -1,17 +1,19 @@
 """Inventory of an Azure collection: time and memory of the paged listing, by blob count.
 
-``dedup-assets bench azure_inventory [--counts 2500,5000,20000] [--json PATH]`` starts Azurite
-(from node_modules; see ``dedup_assets.azurite``), uploads one collection per count (small
-JPEGs under nested prefixes, 1 % without extension so that they are sniffed by a ranged
-read), then lists each collection in a fresh process:
+``dedup-assets bench azure_inventory [--blobs 20000] [--page-sizes 5000,1000] [--json PATH]``
+starts Azurite (from node_modules; see ``dedup_assets.azurite``), uploads ``--blobs`` small
+JPEGs under nested prefixes (1 % without extension, so that they are sniffed by a ranged
+read) so that ``big`` holds all of them, ``big/a0`` half, ``big/a0/b0`` a quarter, ... and
+lists each of these collections in a fresh process:
 
 - ``stream``: ``AzureBlobStore.iter_blobs`` consumed one BlobInfo at a time (what
-  ``blob_inventory`` does, into columnar batches);
-- ``list`` (the baseline, same run): the whole listing kept as one Python list, as the
-  replaced system did with its blob-list JSON.
+  ``blob_inventory`` does, into columnar batches), for each page size;
+- ``list`` (the baseline, same run, first page size): the whole listing kept as one Python
+  list, as the replaced system kept its blob list.
 
-Reported per count: seconds, blobs/s, and the process's RSS growth during the listing
-(VmHWM minus VmRSS before it). The streamed listing's growth should not depend on the count.
+Reported per collection: seconds, blobs/s, and the listing process's RSS growth (VmHWM after
+minus VmRSS before). The streamed listing's growth is bounded by the page size, not by the
+number of blobs.
 """
 
 from __future__ import annotations
@@ -77,27 +79,37 @@ def _tiny_jpeg() -> bytes:
     return buf.getvalue()
 
 
-def _upload(service, container: str, collection: str, count: int) -> float:
+LEVELS = 4  # big, big/a0, big/a0/b0, big/a0/b0/c0
+
+
+def _name(i: int, n: int) -> str:
+    """Blob i of n: the first n/2 under big/a0, the first n/4 under big/a0/b0, ..."""
+    parts = ["big"]
+    for depth, letter in enumerate("abc"):
+        block = n >> (depth + 1)
+        parts.append(f"{letter}{(i // block) % 2}")
+    name = "/".join(parts) + f"/folder {i % 37:02d}/IMG_{i:07d}"
+    return name if i % 100 == 0 else name + ".jpg"
+
+
+def _upload(service, container: str, count: int) -> float:
     data = _tiny_jpeg()
     client = service.get_container_client(container)
-
-    def put(i: int) -> None:
-        name = f"{collection}/folder {i % 37:02d}/sub {i % 5}/IMG_{i:07d}"
-        client.upload_blob(name if i % 100 == 0 else name + ".jpg", data, overwrite=True)
-
     start = time.perf_counter()
     with ThreadPoolExecutor(32) as pool:
-        list(pool.map(put, range(count)))
+        list(pool.map(lambda i: client.upload_blob(_name(i, count), data, overwrite=True), range(count)))
     return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dedup-assets bench azure_inventory", description=__doc__.splitlines()[0])
-    parser.add_argument("--counts", default="2500,5000,20000", help="blobs per collection")
-    parser.add_argument("--page-size", type=int, default=5000)
+    parser.add_argument("--blobs", type=int, default=20000, help="blobs in the largest collection")
+    parser.add_argument("--page-sizes", default="5000,1000", help="listing page sizes to compare")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.counts.split(",")]
+    page_sizes = [int(p) for p in args.page_sizes.split(",")]
+    if args.blobs % (1 << LEVELS):
+        raise SystemExit(f"--blobs must be a multiple of {1 << LEVELS}")
 
     from azure.storage.blob import BlobServiceClient
 
@@ -107,19 +119,28 @@ def main(argv: list[str] | None = None) -> int:
     with Azurite() as azurite:
         service = BlobServiceClient.from_connection_string(azurite.connection_string())
         service.create_container("bench")
-        for count in counts:
-            collection = f"c{count}"
-            upload_s = _upload(service, "bench", collection, count)
-            row = {"blobs": count, "upload_seconds": round(upload_s, 2)}
-            for mode in ("stream", "list"):
-                m = _measure(azurite.auth(), "bench", collection, mode, args.page_size)
+        upload_s = _upload(service, "bench", args.blobs)
+        collections = ["big", "big/a0", "big/a0/b0", "big/a0/b0/c0"]
+        for depth, collection in reversed(list(enumerate(collections))):
+            count = args.blobs >> depth
+            row: dict = {"collection": collection, "blobs": count}
+            runs = [("stream", p) for p in page_sizes] + [("list", page_sizes[0])]
+            for mode, page_size in runs:
+                m = _measure(azurite.auth(), "bench", collection, mode, page_size)
                 assert m["blobs"] == count, (m, count)
-                row[f"{mode}_seconds"] = round(m["seconds"], 2)
-                row[f"{mode}_blobs_per_s"] = round(count / m["seconds"], 1)
-                row[f"{mode}_rss_growth_mb"] = round(m["rss_growth_mb"], 1)
+                key = f"{mode}_p{page_size}"
+                row[f"{key}_seconds"] = round(m["seconds"], 2)
+                row[f"{key}_blobs_per_s"] = round(count / m["seconds"], 1)
+                row[f"{key}_rss_growth_mb"] = round(m["rss_growth_mb"], 1)
             results.append(row)
-    report = {"benchmark": "azure_inventory", "page_size": args.page_size, "results": results}
-    cols = ["blobs", "stream_seconds", "stream_blobs_per_s", "stream_rss_growth_mb", "list_seconds", "list_rss_growth_mb"]
+    report = {
+        "benchmark": "azure_inventory",
+        "blobs": args.blobs,
+        "upload_seconds": round(upload_s, 1),
+        "page_sizes": page_sizes,
+        "results": results,
+    }
+    cols = ["blobs"] + [k for k in results[0] if k.endswith(("_seconds", "_rss_growth_mb"))]
     print(" | ".join(cols))
     for r in results:
         print(" | ".join(str(r[c]) for c in cols))
