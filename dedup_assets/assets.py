@@ -18,6 +18,7 @@ from dagster import AssetExecutionContext, Config, MetadataValue, asset
 from pydantic import Field
 
 from .core import report
+from .core.overrides import apply_overrides
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
@@ -25,7 +26,7 @@ from .core.parallel import default_workers
 from .core.stage1 import analyse_collection
 from .core.verify import global_similarities, local_inliers
 from .partitions import collections_partitions
-from .resources import EmbedderResource, ImageStoreResource
+from .resources import EmbedderResource, ImageStoreResource, OverridesResource
 
 PARTITIONED = dict(
     partitions_def=collections_partitions,
@@ -412,11 +413,16 @@ def local_groups(
 @asset(**PARTITIONED)
 def best_selection(
     context: AssetExecutionContext,
+    overrides: OverridesResource,
     blob_inventory: pl.DataFrame,
     wavelet_hashes: pl.DataFrame,
     local_groups: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image."""
+    """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image.
+
+    Analyst overrides (``dedup.overrides``) are applied here: ``same_picture`` adds an edge,
+    ``not_duplicate`` keeps two images out of one group.
+    """
     start = time.perf_counter()
     images = (
         blob_inventory.select("path", "size")
@@ -430,11 +436,9 @@ def best_selection(
         )
     )
     paths = images["path"].to_list()
-    index = {p: i for i, p in enumerate(paths)}
-    edges = [
-        (index[a], index[b])
-        for a, b in local_groups.filter(pl.col("local_kept")).select(*PAIR_KEY).iter_rows()
-    ]
+    grouping = apply_overrides(
+        paths, local_groups.filter(pl.col("local_kept")), overrides.load(context.partition_key)
+    )
     ok = (images["status"] == "ok").to_list()
     sel = select_keepers(
         paths,
@@ -442,7 +446,8 @@ def best_selection(
         images["quality_score"].fill_null(0.0).to_list(),
         (images["width"].fill_null(0) * images["height"].fill_null(0)).to_list(),
         images["size"].to_list(),
-        edges,
+        grouping.edges,
+        grouping.cannot_link,
     )
     hists = report.histogram_matrix(images["color_hist"].to_list())
     frame = pl.DataFrame(
@@ -467,6 +472,9 @@ def best_selection(
         frame.height,
         groups=frame.filter(pl.col("group_size") > 1)["group_id"].n_unique(),
         **{f"status_{k.lower()}": counts.get(k, 0) for k in ("Best", "Duplicate", "Unique", "Error")},
+        overrides=MetadataValue.json(
+            {**grouping.stats, "edges_refused_by_not_duplicate": sel.refused_edges}
+        ),
     )
     return frame
 
