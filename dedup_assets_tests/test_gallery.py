@@ -7,6 +7,7 @@ import csv
 import re
 import shutil
 import subprocess
+from html import unescape as html_unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -105,6 +106,12 @@ def report_groups(rows: dict[str, dict]) -> set[frozenset[str]]:
         if r["Status"] in ("Best", "Duplicate"):
             by.setdefault(r["Group ID"], set()).add(path)
     return {frozenset(g) for g in by.values()}
+
+
+CLICK_FIRST_BUTTON = (
+    "<script>document.querySelector('button[data-kind]').click();"
+    "document.body.setAttribute('data-sql', document.querySelector('#sql textarea').value);</script>"
+)
 
 
 def readme_override_sql() -> str:
@@ -302,6 +309,20 @@ def test_gallery_in_headless_chromium(sample_run, tmp_path):
     assert "truncated" in index.text and "empty" in index.text
     errors = parse(browse(folder / "errors" / "errors-0001.html", tmp_path)).text
     assert all(p in errors for p in truth["unreadable"])
+
+    # the "not a duplicate…" button shows SQL that DuckDB accepts as an override
+    clicking = tmp_path / "click.html"
+    clicking.write_text(page.read_text().replace("</body>", CLICK_FIRST_BUTTON + "</body>"))
+    sql = re.search(r'data-sql="([^"]*)"', browse(clicking, tmp_path)).group(1)
+    con = duckdb.connect(str(tmp_path / "scratch.duckdb"))
+    try:
+        overrides.ensure_table(con)
+        con.execute(html_unescape(sql))
+        [(kind, a, b, _, _)] = overrides.load_overrides(con, COLLECTION).rows()
+    finally:
+        con.close()
+    first = dom.groups[0]["figures"]
+    assert kind == "not_duplicate" and {a, b} <= {p for p, _ in first}
 
     browse(page, tmp_path, screenshot=ARTIFACTS / "page-0001.png")
     browse(folder / "index.html", tmp_path, screenshot=ARTIFACTS / "index.png")

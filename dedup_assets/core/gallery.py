@@ -385,9 +385,9 @@ document.addEventListener('keydown',function(e){if(e.target.tagName==='INPUT'||e
 if(e.key==='ArrowLeft'&&prev)location.href=prev.href;if(e.key==='ArrowRight'&&next)location.href=next.href;});
 var box=document.getElementById('sql');
 function q(s){return "'"+s.replace(/'/g,"''")+"'";}
-document.addEventListener('click',function(e){var b=e.target.closest('button[data-kind]');if(!b||!box)return;
+document.addEventListener('click',function(e){var b=e.target.closest('button[data-kind]');if(!b||!box)return;var r=b.closest('tr');
 var t=box.querySelector('textarea');t.value="insert into dedup.overrides (kind, collection, path_a, path_b, note)\\n  values ("+
-q(b.dataset.kind)+", "+q(document.body.dataset.collection)+", "+q(b.dataset.a)+", "+q(b.dataset.b)+", '');";
+q(b.dataset.kind)+", "+q(document.body.dataset.collection)+", "+q(r.cells[0].textContent)+", "+q(r.cells[1].textContent)+", '');";
 box.style.display='block';t.focus();t.select();});
 var n=document.querySelectorAll('section.group').length,c=document.getElementById('count');if(c)c.textContent=n+' groups on this page';
 })();
@@ -455,8 +455,8 @@ def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
     href = f"../../{folder}/{quote(m['path'])}"
     if md5 and md5 in thumbs_ok:
         pic = (
-            f"<a class=thumb href='{href}'><img loading=lazy decoding=async "
-            f"src='../thumbs/{md5[:2]}/{md5}.webp' alt='{_e(m['path'])}'></a>"
+            f"<a class=thumb href='{href}'><img loading=lazy decoding=async alt='' "
+            f"src='../thumbs/{md5[:2]}/{md5}.webp'></a>"
         )
     else:
         why = failed.get(md5 or "", "no thumbnail")
@@ -466,12 +466,11 @@ def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
     )
     dims = f"{m.get('width') or '?'}×{m.get('height') or '?'} {m.get('format') or ''} {_size(m.get('file_size'))}"
     return (
-        f"<figure class='{'keeper' if keeper else 'dup'}' data-path='{_e(m['path'])}'>{pic}"
+        f"<figure class={'keeper' if keeper else 'dup'} data-path='{_e(m['path'])}'>{pic}"
         f"<figcaption><span class=role>{_ROLE.get(m['status'], _e(m['status']))}</span> "
-        f"<span class=q title='quality score 0–100'>Q {_num(m.get('quality_score'), 1)}</span><br>"
+        f"<span class=q>Q {_num(m.get('quality_score'), 1)}</span><br>"
         f"<a class=path href='{href}'>{_e(m['path'])}</a><br>"
-        f"<span class=comp title='quality components: resolution, sharpness, exposure, noise, compression'>{comps}</span><br>"
-        f"<span class=comp>{_e(dims)}</span></figcaption></figure>"
+        f"<span class=comp>{comps}<br>{_e(dims)}</span></figcaption></figure>"
     )
 
 
@@ -494,12 +493,9 @@ def _pair_row(p: dict, borderline: float) -> str:
     kind = p.get("kind")
     action = ""
     if kind in ("joined", "same_picture"):
-        action = (
-            f"<button data-kind=not_duplicate data-a='{_e(p['path_a'])}' data-b='{_e(p['path_b'])}'"
-            " title='SQL that marks this pair as not a duplicate'>not a duplicate…</button>"
-        )
+        action = "<button data-kind=not_duplicate>not a duplicate…</button>"
     return (
-        f"<tr class='{'low' if low else ''}'><td class=p>{_e(p['path_a'])}</td><td class=p>{_e(p['path_b'])}</td>"
+        f"<tr{' class=low' if low else ''}><td class=p>{_e(p['path_a'])}</td><td class=p>{_e(p['path_b'])}</td>"
         f"<td>{_e(source)}{_KIND_LABEL.get(kind, '')}{note}</td><td class=n>{_num(p.get('hamming'))}</td>"
         f"<td>{_e(tname)}</td><td class=n>{_num(p.get('color_similarity'), 3)}</td>"
         f"<td class=n>{_num(p.get('global_similarity'), 3)}</td><td class=n>{_num(p.get('inliers'))}</td>"
