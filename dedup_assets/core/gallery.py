@@ -229,6 +229,7 @@ def prepare(
         grouped.join(rank, on="group_id")
         .with_columns(role=pl.when(pl.col("status") == "Best").then(0).otherwise(1))
         .sort(["rank", "role", "quality_score", "path"], descending=[False, False, True, False])
+        .with_columns(_caption_columns(grouped.columns))
     )
     all_pairs = (
         pl.concat([joined, notes], how="diagonal_relaxed")
@@ -236,6 +237,12 @@ def prepare(
         .with_columns(order=pl.col("kind").replace_strict(
             {"not_duplicate": 0, "same_picture": 1, "cut": 2, "joined": 3}, return_dtype=pl.Int8))
         .sort(["rank", "order", "margin", "path_a", "path_b"], nulls_last=True)
+        .with_columns(
+            a_html=_html_expr(pl.col("path_a")),
+            b_html=_html_expr(pl.col("path_b")),
+            source_html=_html_expr(pl.col("source").fill_null("")),
+            note_html=_html_expr(pl.col("note")),
+        )
     )
     errors = sel.filter(pl.col("status") == "Error").select(
         "path", "error_reason", "error_message"
@@ -253,6 +260,46 @@ def prepare(
         "overrides": overrides.height,
     }
     return GalleryData(groups, members, all_pairs, errors, ov, totals)
+
+
+def _html_expr(expr: pl.Expr) -> pl.Expr:
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("'", "&#x27;")):
+        expr = expr.str.replace_all(char, entity, literal=True)
+    return expr
+
+
+def _text(expr: pl.Expr, missing: str = "–") -> pl.Expr:
+    return expr.cast(pl.String).fill_null(missing)
+
+
+def _caption_columns(columns: list[str]) -> list[pl.Expr]:
+    """HTML-ready caption pieces of each image, computed column-wise (fast at 100k groups)."""
+    comps = []
+    for c in QUALITY_COMPONENTS:
+        if c in columns:
+            comps += [pl.lit(f" · {_SHORT[c]} " if comps else f"{_SHORT[c]} "),
+                      _text(pl.col(c).round(0).cast(pl.Int64))]
+    size = pl.col("file_size") if "file_size" in columns else pl.lit(None, pl.Int64)
+    size_text = (
+        pl.when(size < 1024).then(pl.format("{} B", size))
+        .when(size < 1024**2).then(pl.format("{} KB", (size / 1024).round(1)))
+        .when(size < 1024**3).then(pl.format("{} MB", (size / 1024**2).round(1)))
+        .otherwise(pl.format("{} GB", (size / 1024**3).round(1)))
+    )
+
+    def opt(name: str, missing: str) -> pl.Expr:
+        return _text(pl.col(name), missing) if name in columns else pl.lit(missing)
+
+    dims = pl.concat_str(
+        [opt("width", "?"), pl.lit("×"), opt("height", "?"), pl.lit(" "), opt("format", ""),
+         pl.lit(" "), size_text.fill_null("")]
+    )
+    return [
+        _html_expr(pl.col("path")).alias("path_html"),
+        _text(pl.col("quality_score").round(1)).alias("q_text"),
+        (pl.concat_str(comps) if comps else pl.lit("")).alias("comps_text"),
+        _html_expr(dims).alias("dims_text"),
+    ]
 
 
 def _paginate(sizes: pl.Series, o: GalleryOptions) -> list[int]:
@@ -399,19 +446,14 @@ def _e(value) -> str:
 
 
 def _num(value, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if type(value) is float:
+        return "–" if value != value else _FORMATS[digits](value)
+    return str(value)
 
 
-def _size(n) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+_FORMATS = {d: f"{{:.{d}f}}".format for d in range(4)}
 
 
 def _doc(title: str, body: str, collection: str, nav: str) -> str:
@@ -461,16 +503,12 @@ def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
     else:
         why = failed.get(md5 or "", "no thumbnail")
         pic = f"<div class='thumb nothumb'>no thumbnail: {_e(why)}</div>"
-    comps = " · ".join(
-        f"{_SHORT.get(c, c)} {_num(m.get(c), 0)}" for c in QUALITY_COMPONENTS if c in m
-    )
-    dims = f"{m.get('width') or '?'}×{m.get('height') or '?'} {m.get('format') or ''} {_size(m.get('file_size'))}"
     return (
-        f"<figure class={'keeper' if keeper else 'dup'} data-path='{_e(m['path'])}'>{pic}"
+        f"<figure class={'keeper' if keeper else 'dup'} data-path='{m['path_html']}'>{pic}"
         f"<figcaption><span class=role>{_ROLE.get(m['status'], _e(m['status']))}</span> "
-        f"<span class=q>Q {_num(m.get('quality_score'), 1)}</span><br>"
-        f"<a class=path href='{href}'>{_e(m['path'])}</a><br>"
-        f"<span class=comp>{comps}<br>{_e(dims)}</span></figcaption></figure>"
+        f"<span class=q>Q {m['q_text']}</span><br>"
+        f"<a class=path href='{href}'>{m['path_html']}</a><br>"
+        f"<span class=comp>{m['comps_text']}<br>{m['dims_text']}</span></figcaption></figure>"
     )
 
 
@@ -488,18 +526,17 @@ def _pair_row(p: dict, borderline: float) -> str:
     margin = p.get("margin")
     low = margin is not None and margin < borderline
     stage = f" ({p['weakest_stage']})" if p.get("weakest_stage") else ""
-    source = p.get("source") or ""
-    note = f"<br><i>{_e(p['note'])}</i>" if p.get("note") else ""
+    note = f"<br><i>{p['note_html']}</i>" if p.get("note_html") else ""
     kind = p.get("kind")
     action = ""
     if kind in ("joined", "same_picture"):
         action = "<button data-kind=not_duplicate>not a duplicate…</button>"
     return (
-        f"<tr{' class=low' if low else ''}><td class=p>{_e(p['path_a'])}</td><td class=p>{_e(p['path_b'])}</td>"
-        f"<td>{_e(source)}{_KIND_LABEL.get(kind, '')}{note}</td><td class=n>{_num(p.get('hamming'))}</td>"
-        f"<td>{_e(tname)}</td><td class=n>{_num(p.get('color_similarity'), 3)}</td>"
+        f"<tr{' class=low' if low else ''}><td class=p>{p['a_html']}</td><td class=p>{p['b_html']}</td>"
+        f"<td>{p['source_html']}{_KIND_LABEL.get(kind, '')}{note}</td><td class=n>{_num(p.get('hamming'))}</td>"
+        f"<td>{tname}</td><td class=n>{_num(p.get('color_similarity'), 3)}</td>"
         f"<td class=n>{_num(p.get('global_similarity'), 3)}</td><td class=n>{_num(p.get('inliers'))}</td>"
-        f"<td class='n m'>{_num(margin)}{_e(stage)}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
+        f"<td class='n m'>{_num(margin)}{stage}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
     )
 
 
