@@ -38,6 +38,7 @@ from .resources import (
     EmbedderResource,
     ImageStoreResource,
     LocalFolderStoreResource,
+    OverridesResource,
 )
 from .sensors import collection_discovery_sensor
 
@@ -138,6 +139,7 @@ def build_resources(
     return {
         "store": store,
         "io_manager": DedupDuckDBIOManager(database=database, schema="dedup"),
+        "overrides": OverridesResource(database=database, schema_name="dedup"),
         "embedder": embedder
         or EmbedderResource(
             model_name=EnvVar("DEDUP_CLIP_MODEL"),

@@ -8,10 +8,13 @@ from abc import ABC, abstractmethod
 
 from urllib.parse import urlsplit
 
+import polars as pl
 from dagster import ConfigurableResource
 from dagster_azure.blob import AzureBlobStorageResource
+from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
+from .core import overrides
 from .core.azure_store import MiB, AzureAuth, AzureBlobStore, AzureLimits, strip_query
 from .core.embeddings import Embedder, load_embedder
 from .core.store import ImageStore, LocalFolderStore, StoreError, collection_slug
@@ -159,3 +162,14 @@ class EmbedderResource(ConfigurableResource):
                 cache_dir=self.cache_dir,
             )
         return self._embedder
+
+
+class OverridesResource(DuckDBResource):
+    """The analysts' ``overrides`` table in the results database (created when missing)."""
+
+    schema_name: str = Field(default="dedup", description="Schema holding the overrides table.")
+
+    def load(self, collection: str) -> pl.DataFrame:
+        """The collection's overrides, latest row per pair (see :mod:`dedup_assets.core.overrides`)."""
+        with self.get_connection() as con:
+            return overrides.load_overrides(con, collection, self.schema_name)
