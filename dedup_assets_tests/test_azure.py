@@ -131,7 +131,7 @@ def env(azurite):
 
 def _config(stage1_workers: int = 1) -> dict:
     """Inline stages (fast) unless stage 1 is asked to read in worker processes."""
-    workers = {"wavelet_hashes": stage1_workers, "global_groups": 1, "local_groups": 1}
+    workers = {"wavelet_hashes": stage1_workers, "global_groups": 1, "local_groups": 1, "review_gallery": 1}
     return {"ops": {op: {"config": {"workers": n}} for op, n in workers.items()}}
 
 
@@ -158,7 +158,7 @@ def _run_azure(store: AzureBlobStoreResource, db: Path, *, stage1_workers=1, onl
 
 
 def _outputs(store: AzureBlobStore) -> dict[str, bytes]:
-    names = [n for folder in COPY_FOLDERS for n in store.list_outputs(COLLECTION, folder)]
+    names = [n for folder in (*COPY_FOLDERS, "gallery") for n in store.list_outputs(COLLECTION, folder)]
     return {n: store.read_output(COLLECTION, n) for n in names} | {
         REPORT_NAME: store.read_output(COLLECTION, REPORT_NAME)
     }
@@ -170,8 +170,11 @@ def _check_same_as_local(store: AzureBlobStore, local_run, tree: Path) -> None:
     assert outputs[REPORT_NAME].decode() == local_report
     assert set(outputs) == set(local_files)
     source = _files(tree)
+    assert any(n.startswith("gallery/") for n in outputs)  # the review gallery, written through the store
     for name, data in outputs.items():
-        if name != REPORT_NAME:
+        if name.startswith("gallery/"):
+            assert data == local_files[name], name
+        elif name != REPORT_NAME:
             assert data == source[name.split("/", 1)[1]] == local_files[name], name
 
 
