@@ -34,7 +34,7 @@ from dedup_assets.partitions import collections_partitions
 from dedup_assets.resources import AzureBlobStoreResource
 from dedup_assets.sensors import collection_discovery_sensor
 
-from fault_proxy import FaultProxy
+from fault_proxy import FAULTS, FaultProxy
 
 COLLECTION = "photos"
 SOURCE = "source"
@@ -222,11 +222,12 @@ def test_faulty_network_same_results_no_loss_no_double_copy(env, azurite, servic
             output_container="faulty-out",
             **FAST_RETRY,
         )
+        proxy.script = list(FAULTS)  # every kind of fault at least once, then 20 % at random
         start = time.perf_counter()
         result, _ = _run_azure(store, tmp_path / "faulty.duckdb", stage1_workers=2)
         seconds = time.perf_counter() - start
         faults, requests = sum(proxy.injected.values()), proxy.requests
-        assert faults >= 0.1 * requests and set(proxy.injected) == {"500", "503", "429", "drop", "lost", "lost500"}
+        assert faults >= 0.1 * requests and set(proxy.injected) == set(FAULTS)
         copies = proxy.effective_copies()
         checker = AzureBlobStore(
             azurite.auth(proxy.port), SOURCE, output_container="faulty-out",
