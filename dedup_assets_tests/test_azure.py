@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 from azure.storage.blob import BlobServiceClient
 from dagster import DagsterInstance, EnvVar, build_sensor_context, materialize
-from dagster_azure.blob import AzureBlobStorageKeyCredential, AzureBlobStorageResource
+from dagster_azure.blob import (
+    AzureBlobStorageKeyCredential,
+    AzureBlobStorageResource,
+    AzureBlobStorageSASTokenCredential,
+)
 from PIL import Image
 
 from dedup_assets.assets import ALL_ASSETS
@@ -360,3 +364,30 @@ def test_copy_whose_answer_is_lost_is_not_made_twice(azurite, service, uploaded)
         proxy.reset_counts()
         assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "skipped"
         assert not proxy.copies
+
+
+def test_sas_credential_reads_and_copies(azurite, service, uploaded):
+    """A SAS token (as dagster-azure's SAS credential gives it) lists, reads and copies."""
+    import hashlib
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    sas = generate_account_sas(
+        "devstoreaccount1", AZURITE_KEY, ResourceTypes(container=True, object=True),
+        AccountSasPermissions(read=True, list=True, write=True, create=True, delete=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    resource = AzureBlobStoreResource(
+        azure=AzureBlobStorageResource(
+            account_url=azurite.url, credential=AzureBlobStorageSASTokenCredential(token=sas)
+        ),
+        container=SOURCE, output_container="results", output_prefix="sas",
+    )
+    store = resource.get_store()
+    assert store.auth.kind == "sas" and "sig=" not in store.describe()
+    assert "raw/IMG_0002" in [b.path for b in store.iter_blobs(COLLECTION)]
+    data = store.read_bytes(COLLECTION, "originals/coins.jpg")
+    md5 = hashlib.md5(data).hexdigest()
+    assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "copied"
+    assert store.read_output(COLLECTION, "best/coins.jpg") == data
