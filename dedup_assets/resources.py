@@ -81,7 +81,7 @@ class AzureBlobStoreResource(ImageStoreResource):
     max_concurrency: int = Field(default=16, description="Requests in flight per process.")
     max_mb_in_flight: int = Field(default=256, description="MiB of downloads in memory per process.")
     max_blob_mb: int = Field(default=1024, description="Larger blobs are reported as errors.")
-    page_size: int = Field(default=5000, description="Blobs per listing page.")
+    page_size: int = Field(default=1000, description="Blobs per listing page (memory ~15 KB per blob of a page).")
     retry_total: int = Field(default=10, description="Retries per request.")
     retry_backoff_s: float = Field(default=1.0, description="First retry backoff (doubles, jittered).")
     retry_backoff_max_s: float = Field(default=60.0, description="Longest backoff between retries.")

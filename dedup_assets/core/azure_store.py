@@ -165,7 +165,7 @@ class AzureLimits:
     max_bytes_in_flight: int = 256 * MiB
     max_blob_bytes: int = 1024 * MiB
     chunk_bytes: int = 4 * MiB
-    page_size: int = 5000
+    page_size: int = 1000
     retry_total: int = 10
     retry_backoff: float = 1.0
     retry_backoff_max: float = 60.0
