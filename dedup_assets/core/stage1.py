@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator
 
-from .analyse import analyse_bytes
+from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes
 from .parallel import ordered_map
 from .store import ImageStore
 
@@ -39,7 +39,7 @@ def analyse_collection(
     paths: Iterable[str],
     *,
     workers: int | None = None,
-    target_side: int = 512,
+    target_side: int = DEFAULT_TARGET_SIDE,
     max_pixels: int = 150_000_000,
 ) -> Iterator[dict]:
     """One row per path, in order, computed on ``workers`` processes with bounded memory."""
