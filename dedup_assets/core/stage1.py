@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 
 from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes
 from .parallel import ordered_map
@@ -41,7 +42,9 @@ def analyse_collection(
     workers: int | None = None,
     target_side: int = DEFAULT_TARGET_SIDE,
     max_pixels: int = 150_000_000,
+    pool: Executor | None = None,
 ) -> Iterator[dict]:
-    """One row per path, in order, computed on ``workers`` processes with bounded memory."""
+    """One row per path, in order, computed on ``workers`` processes with bounded memory
+    (``pool``: an already running ``parallel.worker_pool`` to use)."""
     fn = functools.partial(analyse_path, store, collection, target_side, max_pixels)
-    return ordered_map(fn, paths, workers=workers)
+    return ordered_map(fn, paths, workers=workers, pool=pool)
