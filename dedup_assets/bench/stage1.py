@@ -1,7 +1,8 @@
 """``dedup-assets bench stage1``: stage-1 throughput against its limit and a peer, and its memory.
 
 Throughput, per image size (default 2 MP and 12 MP JPEGs generated from real photos), on the
-same files and the same warm worker processes (one pool, ``--workers``, default 2):
+same files and the same number of worker processes (``--workers``, default 2; stage 1 and the
+decode subjects share one warm pool, the peer gets a fresh pool of the same size):
 
 - ``stage1``: the real path, ``core.stage1.analyse_collection`` (``LocalFolderStore.read_bytes``
   + ``analyse_bytes``: md5, decode, hash + 8 variants, quality, colour signature);
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import io
 import json
 import os
@@ -55,10 +57,6 @@ from ..core.sample import PHOTOS, load_photo
 from ..core.stage1 import analyse_collection
 from ..core.store import LocalFolderStore
 
-try:  # the peer (a dev dependency)
-    import imagehash
-except ImportError:  # pragma: no cover - reported by main()
-    imagehash = None
 
 COLLECTION = "photos"
 TARGET_DECODE_RATIO = 0.8
@@ -142,14 +140,15 @@ def _dims(mp: float) -> tuple[int, int]:
     return w, h
 
 
-def _generate(pool, folder: Path, n: int, width: int, height: int, quality: int, sources, seed: int) -> list[str]:
+def _generate(workers: int, folder: Path, n: int, width: int, height: int, quality: int, sources, seed: int) -> list[str]:
+    """Generate ``n`` JPEGs into ``folder`` (on a pool of its own, closed afterwards)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"img_{i:05d}.jpg" for i in range(n)]
     items = [
         (str(folder / name), sources[i % len(sources)], width, height, quality, seed * 1_000_003 + i)
         for i, name in enumerate(names)
     ]
-    sizes = list(ordered_map(_make_jpeg, items, workers=2, chunk_size=2, pool=pool))
+    sizes = list(ordered_map(_make_jpeg, items, workers=workers, chunk_size=2))
     assert len(sizes) == n
     return names
 
@@ -173,12 +172,19 @@ def _decode_image(store: LocalFolderStore, collection: str, target_side: int, pa
 
 
 def _peer(method: str, folder: str, path: str) -> str:
+    import imagehash  # the peer: a dev dependency, imported only by the peer's workers
+
     with Image.open(os.path.join(folder, path)) as im:
         return str(getattr(imagehash, method)(im))
 
 
-def _noop(i: int) -> int:
-    return i
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 class _RssSampler(threading.Thread):
@@ -247,7 +253,7 @@ def _timed(run) -> float:
 # --------------------------------------------------------------------------- throughput
 
 
-def _throughput(args, pool, workdir: Path, sources) -> list[dict]:
+def _throughput(args, workdir: Path, sources) -> list[dict]:
     store = LocalFolderStore(str(workdir))
     results = []
     for mp in args.sizes:
@@ -256,7 +262,7 @@ def _throughput(args, pool, workdir: Path, sources) -> list[dict]:
         coll = f"{COLLECTION}_{label}"
         folder = workdir / coll
         t0 = time.perf_counter()
-        names = _generate(pool, folder, args.images, width, height, args.quality, sources, seed=int(mp * 10))
+        names = _generate(args.workers, folder, args.images, width, height, args.quality, sources, seed=int(mp * 10))
         gen_s = time.perf_counter() - t0
         sizes = [(folder / n).stat().st_size for n in names]
         n = len(names)
@@ -266,46 +272,44 @@ def _throughput(args, pool, workdir: Path, sources) -> list[dict]:
         }
         statuses: Counter = Counter()
 
-        def run_stage1() -> None:
+        def run_stage1(pool) -> None:
             statuses.clear()
             for row in analyse_collection(
                 store, coll, names, workers=args.workers, target_side=args.target_side, pool=pool
             ):
                 statuses[row["status"] if row["status"] == "ok" else f"error:{row['error_reason']}"] += 1
 
-        def run_map(fn) -> None:
+        def run_map(fn, pool) -> None:
             for _ in ordered_map(fn, names, workers=args.workers, pool=pool):
                 pass
 
-        # warm-up: every subject once on a few files (lazy imports, caches)
         few = names[: 4 * args.workers]
-        for fn in subjects.values():
-            list(ordered_map(fn, few, workers=args.workers, pool=pool))
-        list(analyse_collection(store, coll, few, workers=args.workers, target_side=args.target_side, pool=pool))
-        peers = {}
-        if imagehash is not None:
-            peers = {f"peer_{m}": functools.partial(_peer, m, str(folder)) for m in args.peers}
-            for fn in peers.values():
-                list(ordered_map(fn, few[: 2 * args.workers], workers=args.workers, pool=pool))
-
         rounds: dict[str, list[float]] = {"stage1": [], "decode": [], "decode_image": []}
         rss = None
         order = ["decode", "stage1", "decode_image"]
-        for r in range(args.rounds):
-            for name in order[r % 3 :] + order[: r % 3]:
-                if name == "stage1":
-                    sampler = _RssSampler()
-                    sampler.start()
-                    secs = _timed(run_stage1)
-                    peak = sampler.stop()
-                    if rss is None or peak["tree_sampled_mb"] > rss["tree_sampled_mb"]:
-                        rss = peak
-                else:
-                    secs = _timed(lambda fn=subjects[name]: run_map(fn))
-                rounds[name].append(n / secs)
+        with worker_pool(args.workers, analyse_collection) as pool:  # stage 1 and its limit
+            # warm-up: every subject once on a few files (worker start, lazy imports, caches)
+            for fn in subjects.values():
+                list(ordered_map(fn, few, workers=args.workers, pool=pool))
+            list(analyse_collection(store, coll, few, workers=args.workers, target_side=args.target_side, pool=pool))
+            for r in range(args.rounds):
+                for name in order[r % 3 :] + order[: r % 3]:
+                    if name == "stage1":
+                        sampler = _RssSampler()
+                        sampler.start()
+                        secs = _timed(lambda: run_stage1(pool))
+                        peak = sampler.stop()
+                        if rss is None or peak["tree_sampled_mb"] > rss["tree_sampled_mb"]:
+                            rss = peak
+                    else:
+                        secs = _timed(lambda fn=subjects[name]: run_map(fn, pool))
+                    rounds[name].append(n / secs)
         rates = {k: statistics.median(v) for k, v in rounds.items()}
-        for name, fn in peers.items():
-            rates[name] = n / _timed(lambda fn=fn: run_map(fn))
+        peers = {f"peer_{m}": functools.partial(_peer, m, str(folder)) for m in args.peers}
+        with worker_pool(args.workers) as pool:  # the peer, on as many fresh workers
+            for name, fn in peers.items():
+                list(ordered_map(fn, few[: 2 * args.workers], workers=args.workers, pool=pool))
+                rates[name] = n / _timed(lambda fn=fn: run_map(fn, pool))
         ratios = {"stage1_vs_decode": rates["stage1"] / rates["decode"]}
         for name in peers:
             ratios[f"stage1_vs_{name}"] = rates["stage1"] / rates[name]
@@ -360,9 +364,9 @@ def _rss_child(argv: list[str]) -> int:
     return 0
 
 
-def _memory(args, pool, workdir: Path, sources) -> dict:
+def _memory(args, workdir: Path, sources) -> dict:
     base = workdir / "rss_distinct"
-    distinct = _generate(pool, base, args.rss_distinct, 640, 480, 85, sources, seed=7)
+    distinct = _generate(args.workers, base, args.rss_distinct, 640, 480, 85, sources, seed=7)
     runs = []
     for n in args.rss_images:
         coll = f"rss_{n}"
@@ -425,7 +429,7 @@ def _table(report: dict) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dedup-assets bench stage1", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=100, help="images per size (default 100)")
+    p.add_argument("--images", type=int, default=160, help="images per size (default 160)")
     p.add_argument("--sizes", default="2,12", help="image sizes in megapixels (default 2,12)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for every subject (default 2)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds of stage1/decode (default 3)")
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     args.sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     args.peers = [m.strip() for m in args.peers.split(",") if m.strip()]
     args.rss_images = [int(s) for s in args.rss_images.split(",") if s.strip()]
-    if imagehash is None and not args.no_throughput:
+    if importlib.util.find_spec("imagehash") is None and not args.no_throughput:
         raise SystemExit("bench stage1 compares with imagehash: pip install imagehash (or .[dev])")
     photo_dir = Path(args.photos) if args.photos else _default_photo_dir()
     sources = _sources(photo_dir)
@@ -473,19 +477,17 @@ def main(argv: list[str] | None = None) -> int:
             "pillow": Image.__version__,
             "libjpeg_turbo": features.version("libjpeg_turbo"),
             "opencv": cv2.__version__,
-            "imagehash": getattr(imagehash, "__version__", None),
+            "imagehash": _version("imagehash"),
         },
         "rss_method": RSS_METHOD,
         "files": "generated into a local temp dir just before timing (page cache warm); reads included",
     }
     started = time.perf_counter()
     try:
-        with worker_pool(args.workers, _make_jpeg) as pool:
-            list(ordered_map(_noop, range(4 * args.workers), workers=args.workers, chunk_size=1, pool=pool))
-            if not args.no_throughput:
-                report["throughput"] = _throughput(args, pool, workdir, sources)
-            if not args.no_rss:
-                report["memory"] = _memory(args, pool, workdir, sources)
+        if not args.no_throughput:
+            report["throughput"] = _throughput(args, workdir, sources)
+        if not args.no_rss:
+            report["memory"] = _memory(args, workdir, sources)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
