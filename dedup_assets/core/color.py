@@ -125,18 +125,21 @@ def color_signature(rgb: np.ndarray) -> ColorSignature:
     hist = (counts / max(float(counts.sum()), 1.0)).astype(np.float32)
     thumb = cv2.resize(small, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
 
-    px = small.reshape(-1, 3)
-    spread = px.max(axis=1).astype(np.int16) - px.min(axis=1)
-    is_gray = bool(spread.mean() < _GRAY_MEAN_SPREAD and (spread > _GRAY_SPREAD_LEVEL).mean() < _GRAY_MAX_FRACTION)
+    r, g, b = cv2.split(small)
+    spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+    n = spread.size
+    is_gray = bool(
+        cv2.mean(spread)[0] < _GRAY_MEAN_SPREAD
+        and cv2.countNonZero(cv2.compare(spread, _GRAY_SPREAD_LEVEL, cv2.CMP_GT)) < _GRAY_MAX_FRACTION * n
+    )
 
     dominant = []
-    top = np.argsort(-counts, kind="stable")[:3]
-    top = [int(b) for b in top if counts[b] > 0 and counts[b] >= _DOMINANT_MIN_FRACTION * len(px)]
+    top = [int(i) for i in np.argsort(-counts, kind="stable")[:3]]
+    top = [i for i in top if counts[i] > 0 and counts[i] >= _DOMINANT_MIN_FRACTION * n]
     if top:
-        q = px >> 6
-        idx = (q[:, 0].astype(np.int32) << 4) | (q[:, 1].astype(np.int32) << 2) | q[:, 2]
-        for b in top:
-            dominant.append(_hex(px[idx == b].mean(axis=0)))
+        idx = ((r >> 6) << 4) | ((g >> 6) << 2) | (b >> 6)  # the histogram bin of each pixel
+        for i in top:
+            dominant.append(_hex(cv2.mean(small, mask=cv2.compare(idx, i, cv2.CMP_EQ))[:3]))
     return ColorSignature(hist=hist, thumb=thumb, dominant=dominant, is_gray=is_gray)
 
 

@@ -18,8 +18,10 @@ Design notes
   it fires during ``Image.open`` it is reported with the same reason.  As a
   consequence ``max_pixels`` larger than ``2 * Image.MAX_IMAGE_PIXELS`` (~179 MP
   with Pillow's default) cannot raise the effective limit.
-* JPEGs are decoded with libjpeg DCT scaling (``Image.draft``), so a 12 MP JPEG is
-  never decoded at full resolution.  Before decoding, the JPEG marker structure
+* JPEGs are decoded with libjpeg DCT scaling (Pillow's ``draft`` rule; the pixels of
+  YCbCr/gray JPEGs come from libjpeg-turbo through OpenCV, ``decode_jpeg_pixels``, which
+  gives Pillow's pixels without a copy), so a 12 MP JPEG is never decoded at full
+  resolution.  Before decoding, the JPEG marker structure
   is validated (cheap, vectorised): a missing EOI (truncated file), a segment
   running past the end of the data, an invalid marker between scans, or restart
   markers out of sequence (typical of bytes overwritten in the middle) raise
@@ -79,6 +81,8 @@ __all__ = [
     "decode_image",
     "estimate_jpeg_quality",
     "jpeg_draft_size",
+    "jpeg_scale",
+    "decode_jpeg_pixels",
     "webp_compression",
 ]
 
@@ -599,6 +603,48 @@ def jpeg_draft_size(width: int, height: int, target_side: int) -> tuple[int, int
     return max(1, math.ceil(width * s)), max(1, math.ceil(height * s))
 
 
+def jpeg_scale(width: int, height: int, target_side: int) -> int:
+    """DCT-scaling denominator (1, 2, 4 or 8) for ``jpeg_draft_size`` (Pillow's draft rule)."""
+    request = jpeg_draft_size(width, height, target_side)
+    if request is None:
+        return 1
+    scale = min(width // request[0], height // request[1])
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+_CV2_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+              8: cv2.IMREAD_REDUCED_COLOR_8}
+_CV2_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def decode_jpeg_pixels(data: bytes, width: int, height: int, gray: bool, target_side: int) -> np.ndarray:
+    """Pixels of a YCbCr/RGB (``gray``: 1-component) JPEG, DCT-scaled by ``jpeg_scale``, as a
+    numpy RGB (gray: 2-D) ``uint8`` array in stored orientation.
+
+    libjpeg-turbo through OpenCV: the same pixels as Pillow's ``draft`` + ``load``, without
+    Pillow's copy into numpy. Structure and size limits must have been checked before.
+    """
+    s = jpeg_scale(width, height, target_side)
+    flags = (_CV2_GRAY if gray else _CV2_COLOR)[s] | cv2.IMREAD_IGNORE_ORIENTATION
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    expected = (-(-height // s), -(-width // s))
+    if arr is None or arr.shape[:2] != expected:
+        raise ImageDecodeError("truncated", "libjpeg could not decode the image data")
+    return arr if gray else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def _reduce_int(arr: np.ndarray, k: int) -> np.ndarray:
+    """Area-reduce by the integer ``k`` (OpenCV's fast path; a remainder of < ``k`` rows or
+    columns is cropped, split between both sides)."""
+    h, w = arr.shape[:2]
+    hh, ww = h - h % k, w - w % k
+    if (hh, ww) != (h, w):
+        y, x = (h - hh) // 2, (w - ww) // 2
+        arr = np.ascontiguousarray(arr[y : y + hh, x : x + ww])
+    return cv2.resize(arr, (ww // k, hh // k), interpolation=cv2.INTER_AREA)
+
+
 def decode_image(
     data: bytes, target_side: int = 512, max_pixels: int = 150_000_000, exact: bool = True
 ) -> DecodedImage:
@@ -666,26 +712,32 @@ def _decode(data: bytes, target_side: int, max_pixels: int, exact: bool) -> Deco
         if fmt in _JPEG_FORMATS:
             _validate_jpeg_structure(data)
             jpeg_quality = estimate_jpeg_quality(getattr(im, "quantization", None))
-            request = jpeg_draft_size(w, h, target_side)
-            if request is not None:
-                im.draft(None, request)
-
-        try:
-            im.load()
-        except Image.DecompressionBombError:
-            raise
-        except _CORRUPT_ERRORS as exc:
-            msg = str(exc)
-            if "decoder" in msg and "not available" in msg:
-                raise ImageDecodeError("unsupported_format", msg) from None
-            raise ImageDecodeError("truncated", f"{type(exc).__name__}: {msg}") from None
-
         orientation = _orientation(im)
-        img = _to_8bit_mode(im)
-        m = max(img.size)
-        if m >= 2 * target_side:
-            img = img.reduce(m // target_side)
-        arr = np.asarray(img)
+
+        if fmt in _JPEG_FORMATS and mode in ("RGB", "L"):
+            arr = decode_jpeg_pixels(data, w, h, mode == "L", target_side)
+            m = max(arr.shape[:2])
+            if m >= 2 * target_side:
+                arr = _reduce_int(arr, m // target_side)
+        else:
+            if fmt in _JPEG_FORMATS:  # CMYK JPEG: Pillow's draft
+                request = jpeg_draft_size(w, h, target_side)
+                if request is not None:
+                    im.draft(None, request)
+            try:
+                im.load()
+            except Image.DecompressionBombError:
+                raise
+            except _CORRUPT_ERRORS as exc:
+                msg = str(exc)
+                if "decoder" in msg and "not available" in msg:
+                    raise ImageDecodeError("unsupported_format", msg) from None
+                raise ImageDecodeError("truncated", f"{type(exc).__name__}: {msg}") from None
+            img = _to_8bit_mode(im)
+            m = max(img.size)
+            if m >= 2 * target_side:
+                img = img.reduce(m // target_side)
+            arr = np.asarray(img)
 
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)

@@ -119,27 +119,26 @@ def _u8_hist(gray: np.ndarray) -> np.ndarray:
     return np.bincount(gray.ravel(), minlength=256).astype(np.float64)
 
 
-def _quantiles(x: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """Fast approximate quantiles (on a regular subsample of at most ~65k values)."""
-    flat = x.ravel()
-    step = max(1, flat.size // 65536)
-    sub = flat[::step].copy()
-    ks = [min(sub.size - 1, max(0, int(q * (sub.size - 1)))) for q in qs]
-    part = np.partition(sub, ks)
-    return [float(part[k]) for k in ks]
+def _kth_values(values: np.ndarray, qs: tuple[float, ...]) -> list[int]:
+    """Exact order statistics ``sorted(values)[int(q * (n - 1))]`` of a non-negative int array
+    (via its histogram: no sort)."""
+    counts = np.bincount(values.ravel())
+    cdf = np.cumsum(counts)
+    n = int(cdf[-1])
+    return [int(np.searchsorted(cdf, int(q * (n - 1)) + 1)) for q in qs]
 
 
 def _structure(gray: np.ndarray) -> tuple[float, float]:
-    """``(q_sharpness, q_noise)`` from one gradient of the median-filtered gray."""
+    """``(q_sharpness, q_noise)`` from one gradient of the median-filtered gray (exact
+    integer arithmetic in int16)."""
     den = cv2.medianBlur(gray, 3)
-    g = den.astype(np.float32)
-    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    mag = cv2.add(cv2.absdiff(gx, 0), cv2.absdiff(gy, 0))
-    t_flat, t_edge = _quantiles(mag, (FLAT_FRACTION, 0.90))
+    gx = cv2.Sobel(den, cv2.CV_16S, 1, 0, ksize=3)
+    gy = cv2.Sobel(den, cv2.CV_16S, 0, 1, ksize=3)
+    mag = cv2.add(cv2.absdiff(gx, 0), cv2.absdiff(gy, 0))  # <= 2040
+    t_flat, t_edge = _kth_values(mag, (FLAT_FRACTION, 0.90))
     # sharpness: |Laplacian| on the strongest edges, normalised by the contrast
-    lap = cv2.absdiff(cv2.Laplacian(g, cv2.CV_32F, ksize=1), 0)
-    edges = (mag >= t_edge).view(np.uint8)
+    lap = cv2.absdiff(cv2.Laplacian(den, cv2.CV_16S, ksize=1), 0)
+    edges = cv2.compare(mag, t_edge, cv2.CMP_GE)
     p5, p95 = _hist_percentiles(_u8_hist(den), (0.05, 0.95))
     e = max(cv2.mean(lap, mask=edges)[0] / (p95 - p5 + 8.0), 1e-6)
     sharp = _clip100(100.0 * math.log(e / SHARP_LO) / math.log(SHARP_HI / SHARP_LO))
@@ -147,11 +146,11 @@ def _structure(gray: np.ndarray) -> tuple[float, float]:
     h, w = gray.shape
     if h < 3 or w < 3:
         return sharp, 100.0
-    resp = cv2.absdiff(cv2.filter2D(gray.astype(np.float32), cv2.CV_32F, _IMMERKAER), 0)[1:-1, 1:-1]
-    flat = np.ascontiguousarray((mag[1:-1, 1:-1] <= t_flat).view(np.uint8))
+    resp = cv2.absdiff(cv2.filter2D(gray, cv2.CV_16S, _IMMERKAER), 0)[1:-1, 1:-1]
+    flat = cv2.compare(mag[1:-1, 1:-1], t_flat, cv2.CMP_LE)
     sigma = 0.0
-    if flat.any():
-        sigma = math.sqrt(math.pi / 2.0) / 6.0 * cv2.mean(np.ascontiguousarray(resp), mask=flat)[0]
+    if cv2.countNonZero(flat):
+        sigma = math.sqrt(math.pi / 2.0) / 6.0 * cv2.mean(resp, mask=flat)[0]
     return sharp, _clip100(100.0 * (1.0 - (sigma - NOISE_SIGMA_FREE) / (NOISE_SIGMA_ZERO - NOISE_SIGMA_FREE)))
 
 
