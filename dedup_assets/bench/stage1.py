@@ -6,8 +6,9 @@ decode subjects share one warm pool, the peer gets a fresh pool of the same size
 
 - ``stage1``: the real path, ``core.stage1.analyse_collection`` (``LocalFolderStore.read_bytes``
   + ``analyse_bytes``: md5, decode, hash + 8 variants, quality, colour signature);
-- ``decode``: the limit: the same file read through the store and decoded by Pillow with the
-  very decoder settings of stage 1 (the DCT-scaling request of ``decode.jpeg_draft_size``);
+- ``decode``: the limit: the same file read through the store, its header parsed and its pixels
+  decoded exactly as stage 1 decodes them (``decode.decode_jpeg_pixels``: libjpeg-turbo at the
+  same DCT scale, into a numpy array);
 - ``decode_image``: our decode function alone (validation, draft, orientation, reduction);
 - ``peer_whash`` / ``peer_phash``: what a user of imagehash runs,
   ``imagehash.whash(Image.open(path))`` (and ``phash``).
@@ -51,7 +52,7 @@ import psutil
 from PIL import Image, features
 
 from ..core.analyse import DEFAULT_TARGET_SIDE, analyse_bytes  # noqa: F401 - preloaded in workers
-from ..core.decode import decode_image, jpeg_draft_size
+from ..core.decode import decode_image, decode_jpeg_pixels
 from ..core.parallel import ordered_map, worker_pool
 from ..core.sample import PHOTOS, load_photo
 from ..core.stage1 import analyse_collection
@@ -63,7 +64,8 @@ TARGET_DECODE_RATIO = 0.8
 TARGET_PEER_RATIO = 3.0
 RSS_METHOD = (
     "psutil: sum of RSS over the bench's stage-1 process and all its descendants (workers, "
-    "forkserver), sampled every 50 ms; per-process peaks from Linux /proc/PID/status VmHWM. "
+    "forkserver), sampled every 0.5 s (rarely, not to steal CPU from the timed run); "
+    "per-process peaks from Linux /proc/PID/status VmHWM. "
     "RSS counts shared library pages once per process, so tree sums overstate real use."
 )
 
@@ -157,14 +159,12 @@ def _generate(workers: int, folder: Path, n: int, width: int, height: int, quali
 
 
 def _decode_only(store: LocalFolderStore, collection: str, target_side: int, path: str) -> tuple[int, ...]:
-    """The limit: read through the store, decode with stage 1's DCT-scaling request."""
+    """The limit: read through the store, parse the header, decode the pixels exactly as
+    stage 1 does (``decode_jpeg_pixels``: libjpeg-turbo, the same DCT scale)."""
     data = store.read_bytes(collection, path)
     with Image.open(io.BytesIO(data)) as im:
-        request = jpeg_draft_size(im.width, im.height, target_side) if im.format == "JPEG" else None
-        if request is not None:
-            im.draft(None, request)
-        im.load()
-        return np.asarray(im).shape
+        width, height, mode = im.width, im.height, im.mode
+    return decode_jpeg_pixels(data, width, height, mode == "L", target_side).shape
 
 
 def _decode_image(store: LocalFolderStore, collection: str, target_side: int, path: str) -> tuple[int, ...]:
@@ -190,7 +190,7 @@ def _version(dist: str) -> str | None:
 class _RssSampler(threading.Thread):
     """Peak RSS of this process and its descendants (sampled), plus per-process VmHWM."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.5):
         super().__init__(daemon=True)
         self.interval = interval
         self.root = psutil.Process()

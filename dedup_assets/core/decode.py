@@ -60,6 +60,7 @@ Error reasons (``ImageDecodeError.reason``)
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -196,7 +197,16 @@ def estimate_jpeg_quality(quantization: dict | None) -> float | None:
     if not quantization:
         return None
     try:
-        tables = [np.asarray(quantization[k], dtype=np.float64) for k in sorted(quantization)]
+        key = tuple(tuple(quantization[k]) for k in sorted(quantization))
+    except Exception:
+        return None
+    return _quality_of_tables(key)
+
+
+@functools.lru_cache(maxsize=1024)  # one encoder/camera setting: one set of tables
+def _quality_of_tables(key: tuple[tuple[int, ...], ...]) -> float | None:
+    try:
+        tables = [np.asarray(t, dtype=np.float64) for t in key]
     except Exception:
         return None
     tables = [t for t in tables if t.size == 64]

@@ -116,13 +116,17 @@ def _hist_percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:
 
 
 def _u8_hist(gray: np.ndarray) -> np.ndarray:
-    return np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    return cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+
+
+_MAG_BINS = 2041  # |Sobel x| + |Sobel y| of 8-bit data is at most 2 * 4 * 255
 
 
 def _kth_values(values: np.ndarray, qs: tuple[float, ...]) -> list[int]:
-    """Exact order statistics ``sorted(values)[int(q * (n - 1))]`` of a non-negative int array
-    (via its histogram: no sort)."""
-    counts = np.bincount(values.ravel())
+    """Exact order statistics ``sorted(values)[int(q * (n - 1))]`` of a non-negative int16
+    array below ``_MAG_BINS`` (via its histogram: no sort)."""
+    u16 = np.ascontiguousarray(values).view(np.uint16)
+    counts = cv2.calcHist([u16], [0], None, [_MAG_BINS], [0, _MAG_BINS]).ravel()
     cdf = np.cumsum(counts)
     n = int(cdf[-1])
     return [int(np.searchsorted(cdf, int(q * (n - 1)) + 1)) for q in qs]
