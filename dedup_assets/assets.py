@@ -100,7 +100,13 @@ def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) ->
 
 class HashingConfig(Config):
     workers: int = Field(default=0, description="Worker processes (0: one per core).")
-    target_side: int = Field(default=512, description="Long side of the reduced decode (px).")
+    target_side: int = Field(
+        default=256,
+        description=(
+            "Long side (px) of the reduced decode (integer factors: 1-2x this). "
+            "Keep >= 256 so quality is measured at its fixed 256 px scale."
+        ),
+    )
     max_pixels: int = Field(
         default=150_000_000, description="Images declaring more pixels are refused (bombs)."
     )

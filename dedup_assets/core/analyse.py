@@ -1,5 +1,10 @@
 """Stage-1 per-image analysis: bytes -> one flat row (decode once, derive everything).
 
+One reduced decode (JPEG DCT scaling, integer-factor reductions only: long side in
+``[target_side, 2 * target_side)``), then one gray image at the fixed quality scale
+(``quality.WORK_SIDE``) from which both the hash and the quality components are
+computed, and a colour signature from a small copy of the colour image.
+
 ``analyse_bytes`` never raises: any failure becomes ``status="error"`` with an
 ``error_reason`` code (see ``decode.ERROR_REASONS``; unexpected failures after a
 successful decode are reported as ``"decode_failed"`` with an
@@ -11,13 +16,17 @@ from __future__ import annotations
 import hashlib
 
 import cv2
+import numpy as np
 
 from .color import color_signature
 from .decode import ImageDecodeError, decode_image
 from .hashing import hash_variants, to_signed64
-from .quality import QUALITY_COMPONENTS, quality_components, quality_score
+from .quality import QUALITY_COMPONENTS, quality_components, quality_score, working_gray
 
-__all__ = ["ROW_KEYS", "analyse_bytes", "empty_row"]
+__all__ = ["DEFAULT_TARGET_SIDE", "ROW_KEYS", "analyse_bytes", "analysis_gray", "empty_row"]
+
+#: long side (px) of the reduced decode of stage 1 (>= quality.WORK_SIDE)
+DEFAULT_TARGET_SIDE = 256
 
 ROW_KEYS = (
     "status",
@@ -46,10 +55,18 @@ def empty_row() -> dict:
     return dict.fromkeys(ROW_KEYS)
 
 
-def analyse_bytes(data: bytes, target_side: int = 512, max_pixels: int = 150_000_000) -> dict:
+def analysis_gray(rgb: np.ndarray) -> np.ndarray:
+    """The gray image (long side <= ``quality.WORK_SIDE``) that stage 1 hashes and scores."""
+    return working_gray(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+def analyse_bytes(
+    data: bytes, target_side: int = DEFAULT_TARGET_SIDE, max_pixels: int = 150_000_000
+) -> dict:
     """Analyse one image file's bytes and return the flat row dict (keys: ``ROW_KEYS``).
 
-    ``whash``/``hash_variants`` are signed int64 (``hashing.to_signed64``);
+    ``whash``/``hash_variants`` are signed int64 (``hashing.to_signed64``) of
+    ``analysis_gray(decode_image(data, target_side, exact=False).rgb)``;
     ``hash_variants[k]`` is the hash of the image transformed by dihedral ``k``.
     """
     row = empty_row()
@@ -62,7 +79,7 @@ def analyse_bytes(data: bytes, target_side: int = 512, max_pixels: int = 150_000
     row["file_size"] = len(data)
 
     try:
-        img = decode_image(data, target_side=target_side, max_pixels=max_pixels)
+        img = decode_image(data, target_side=target_side, max_pixels=max_pixels, exact=False)
     except ImageDecodeError as exc:
         row.update(status="error", error_reason=exc.reason, error_message=exc.message)
         return row
@@ -79,8 +96,9 @@ def analyse_bytes(data: bytes, target_side: int = 512, max_pixels: int = 150_000
     )
     try:
         gray = cv2.cvtColor(img.rgb, cv2.COLOR_RGB2GRAY)
-        variants = [to_signed64(h) for h in hash_variants(gray)]
-        comps = quality_components(img.rgb, img.width, img.height, img.jpeg_quality)
+        work = working_gray(gray)
+        variants = [to_signed64(h) for h in hash_variants(work)]
+        comps = quality_components(gray, img.width, img.height, img.jpeg_quality, img.lossy, work=work)
         sig = color_signature(img.rgb)
         hist_b, thumb_b = sig.to_bytes()
     except Exception as exc:  # noqa: BLE001 - never raise

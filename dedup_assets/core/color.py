@@ -2,6 +2,9 @@
 
 Signature (``color_signature(rgb)`` on ``DecodedImage.rgb``)
 -------------------------------------------------------------
+All of it is computed on a small copy (integer-factor area reduction, long side
+64..127 px), which is cheap and holds all the colour information needed.
+
 ``hist``      joint RGB histogram with ``HIST_BINS = (4, 4, 4)`` (64 bins, channel
               values binned as ``v // 64``; bin index ``r*16 + g*4 + b``), float32,
               L1-normalised.  Stored as float16 (128 bytes).
@@ -11,7 +14,7 @@ Signature (``color_signature(rgb)`` on ``DecodedImage.rgb``)
 ``dominant``  up to 3 ``"#rrggbb"`` colours, most frequent first: the mean colour of
               the most populated 4x4x4 bins (bins holding < 3 % of pixels are skipped).
 ``is_gray``   True when the image has (almost) no chroma: the per-pixel channel
-              spread ``max(R,G,B) - min(R,G,B)`` of a 64x64 version has mean < 4 and
+              spread ``max(R,G,B) - min(R,G,B)`` of the small copy has mean < 4 and
               fewer than 2 % of pixels above 20 (grayscale / 1-bit / B&W copies,
               including JPEG-chroma noise).
 
@@ -54,6 +57,7 @@ __all__ = [
 HIST_BINS = (4, 4, 4)
 HIST_SIZE = HIST_BINS[0] * HIST_BINS[1] * HIST_BINS[2]
 THUMB_SIDE = 16
+SMALL_SIDE = 64
 _DOMINANT_MIN_FRACTION = 0.03
 _GRAY_MEAN_SPREAD = 4.0
 _GRAY_SPREAD_LEVEL = 20
@@ -91,37 +95,51 @@ def _hex(rgb: np.ndarray) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _small(rgb: np.ndarray, side: int = SMALL_SIDE) -> np.ndarray:
+    """Area-reduce by the integer factor ``long side // side`` (fast OpenCV path: the
+    image is first centre-cropped to a multiple of the factor): long side in
+    ``[side, 2 * side)`` (or the image itself when smaller)."""
+    h, w = rgb.shape[:2]
+    k = max(h, w) // side
+    if k < 2:
+        return rgb
+    hh, ww = h - h % k, w - w % k
+    y, x = (h - hh) // 2, (w - ww) // 2
+    crop = np.ascontiguousarray(rgb[y : y + hh, x : x + ww])
+    return cv2.resize(crop, (ww // k, hh // k), interpolation=cv2.INTER_AREA)
+
+
 def color_signature(rgb: np.ndarray) -> ColorSignature:
-    """Colour signature of an ``H x W x 3`` ``uint8`` RGB image (EXIF-oriented)."""
+    """Colour signature of an ``H x W x 3`` ``uint8`` RGB image (EXIF-oriented).
+
+    Everything is computed on ``_small(rgb)`` (long side 64..127 px): cheap, and colour
+    statistics need no more.
+    """
     rgb = np.ascontiguousarray(rgb)
     if rgb.ndim == 2:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
     if rgb.dtype != np.uint8:
         rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-    hist = cv2.calcHist([rgb], [0, 1, 2], None, list(HIST_BINS), [0, 256, 0, 256, 0, 256]).ravel()
-    hist = (hist / max(float(hist.sum()), 1.0)).astype(np.float32)
+    small = _small(rgb)
+    counts = cv2.calcHist([small], [0, 1, 2], None, list(HIST_BINS), [0, 256, 0, 256, 0, 256]).ravel()
+    hist = (counts / max(float(counts.sum()), 1.0)).astype(np.float32)
+    thumb = cv2.resize(small, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
 
-    thumb = cv2.resize(rgb, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    r, g, b = cv2.split(small)
+    spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+    n = spread.size
+    is_gray = bool(
+        cv2.mean(spread)[0] < _GRAY_MEAN_SPREAD
+        and cv2.countNonZero(cv2.compare(spread, _GRAY_SPREAD_LEVEL, cv2.CMP_GT)) < _GRAY_MAX_FRACTION * n
+    )
 
-    small = rgb
-    if max(rgb.shape[:2]) > 64:
-        h, w = rgb.shape[:2]
-        s = 64 / max(h, w)
-        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    px = small.reshape(-1, 3)
-    spread = px.max(axis=1).astype(np.int16) - px.min(axis=1).astype(np.int16)
-    is_gray = bool(spread.mean() < _GRAY_MEAN_SPREAD and (spread > _GRAY_SPREAD_LEVEL).mean() < _GRAY_MAX_FRACTION)
-
-    q = px // 64
-    idx = (q[:, 0].astype(np.int64) * 16) + (q[:, 1].astype(np.int64) * 4) + q[:, 2].astype(np.int64)
-    counts = np.bincount(idx, minlength=HIST_SIZE)
-    sums = np.stack([np.bincount(idx, weights=px[:, c].astype(np.float64), minlength=HIST_SIZE) for c in range(3)], 1)
-    order = np.argsort(-counts, kind="stable")
     dominant = []
-    for b in order[:3]:
-        if counts[b] == 0 or counts[b] < _DOMINANT_MIN_FRACTION * len(px):
-            break
-        dominant.append(_hex(sums[b] / counts[b]))
+    top = [int(i) for i in np.argsort(-counts, kind="stable")[:3]]
+    top = [i for i in top if counts[i] > 0 and counts[i] >= _DOMINANT_MIN_FRACTION * n]
+    if top:
+        idx = ((r >> 6) << 4) | ((g >> 6) << 2) | (b >> 6)  # the histogram bin of each pixel
+        for i in top:
+            dominant.append(_hex(cv2.mean(small, mask=cv2.compare(idx, i, cv2.CMP_EQ))[:3]))
     return ColorSignature(hist=hist, thumb=thumb, dominant=dominant, is_gray=is_gray)
 
 

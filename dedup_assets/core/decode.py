@@ -2,7 +2,10 @@
 
 ``decode_image(data)`` turns raw file bytes into a :class:`DecodedImage`: an
 EXIF-oriented RGB ``uint8`` array whose long side is ``target_side`` (or the
-true size, when smaller), plus metadata about the original file.
+true size, when smaller), plus metadata about the original file. With
+``exact=False`` (stage 1) the array is only reduced by integer factors: its long
+side lies in ``[target_side, 2 * target_side)``, which saves a costly fractional
+area resize of the colour image (callers resize what they need, small).
 
 Design notes
 ------------
@@ -15,8 +18,10 @@ Design notes
   it fires during ``Image.open`` it is reported with the same reason.  As a
   consequence ``max_pixels`` larger than ``2 * Image.MAX_IMAGE_PIXELS`` (~179 MP
   with Pillow's default) cannot raise the effective limit.
-* JPEGs are decoded with libjpeg DCT scaling (``Image.draft``), so a 12 MP JPEG is
-  never decoded at full resolution.  Before decoding, the JPEG marker structure
+* JPEGs are decoded with libjpeg DCT scaling (Pillow's ``draft`` rule; the pixels of
+  YCbCr/gray JPEGs come from libjpeg-turbo through OpenCV, ``decode_jpeg_pixels``, which
+  gives Pillow's pixels without a copy), so a 12 MP JPEG is never decoded at full
+  resolution.  Before decoding, the JPEG marker structure
   is validated (cheap, vectorised): a missing EOI (truncated file), a segment
   running past the end of the data, an invalid marker between scans, or restart
   markers out of sequence (typical of bytes overwritten in the middle) raise
@@ -25,7 +30,9 @@ Design notes
   marker bytes is concealed silently by libjpeg and cannot be detected here.
 * Other formats are decoded fully (Pillow cannot do otherwise), converted to an
   8-bit mode, shrunk with ``Image.reduce`` (integer box filter) and finally
-  resized with OpenCV ``INTER_AREA`` to the target long side.
+  (``exact=True``) resized with OpenCV ``INTER_AREA`` to the target long side.
+  ``jpeg_draft_size`` is the DCT-scaling request, shared with the benchmark so that
+  its decode-only baseline uses exactly the same decoder settings.
 * Every Pillow mode is converted to RGB: 16/32-bit integer modes are scaled to
   8 bits, ``F`` is min/max-stretched, CMYK goes through Pillow, alpha (RGBA, LA,
   PA, palette/colour-key transparency) is composited onto a WHITE background.
@@ -53,6 +60,7 @@ Error reasons (``ImageDecodeError.reason``)
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -73,6 +81,10 @@ __all__ = [
     "MAX_ASPECT",
     "decode_image",
     "estimate_jpeg_quality",
+    "jpeg_draft_size",
+    "jpeg_scale",
+    "decode_jpeg_pixels",
+    "webp_compression",
 ]
 
 ERROR_REASONS = (
@@ -92,6 +104,7 @@ MIN_SIDE = 8
 MAX_ASPECT = 50.0
 
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO", "AVIF", "HEIF", "JPEG2000"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
@@ -115,12 +128,15 @@ class DecodedImage:
     """A decoded, EXIF-oriented, size-reduced image plus metadata.
 
     ``rgb``: ``H x W x 3`` ``uint8`` C-contiguous; long side == ``target_side`` when the
-    image is larger than that, otherwise the true size (never upscaled).
+    image is larger than that (``exact=False``: in ``[target_side, 2 * target_side)``),
+    otherwise the true size (never upscaled).
     ``width``/``height``: full-resolution size after EXIF orientation.
     ``format``: Pillow format identified from the bytes ("JPEG", "PNG", "WEBP", ...).
     ``mode``: the original Pillow mode ("RGB", "L", "P", "CMYK", "I;16", "F", ...).
-    ``jpeg_quality``: libjpeg-equivalent quality (1..100) estimated from the
-    quantisation tables; ``None`` for non-JPEG data.
+    ``jpeg_quality``: estimated encoder quality (1..100): for JPEG the libjpeg quality
+    that explains the quantisation tables, for lossy WebP libwebp's quality from the VP8
+    quantiser; ``None`` otherwise.
+    ``lossy``: the pixels went through a lossy codec (JPEG, lossy WebP, AVIF/HEIF).
     """
 
     rgb: np.ndarray
@@ -130,6 +146,7 @@ class DecodedImage:
     mode: str
     has_alpha: bool
     jpeg_quality: float | None
+    lossy: bool = False
 
 
 # --------------------------------------------------------------------------- #
@@ -180,7 +197,16 @@ def estimate_jpeg_quality(quantization: dict | None) -> float | None:
     if not quantization:
         return None
     try:
-        tables = [np.asarray(quantization[k], dtype=np.float64) for k in sorted(quantization)]
+        key = tuple(tuple(quantization[k]) for k in sorted(quantization))
+    except Exception:
+        return None
+    return _quality_of_tables(key)
+
+
+@functools.lru_cache(maxsize=1024)  # one encoder/camera setting: one set of tables
+def _quality_of_tables(key: tuple[tuple[int, ...], ...]) -> float | None:
+    try:
+        tables = [np.asarray(t, dtype=np.float64) for t in key]
     except Exception:
         return None
     tables = [t for t in tables if t.size == 64]
@@ -194,6 +220,116 @@ def estimate_jpeg_quality(quantization: dict | None) -> float | None:
     # argmin over reversed array -> on ties prefer the highest quality
     best = 99 - int(np.argmin(err[::-1]))
     return float(best + 1)
+
+
+# --------------------------------------------------------------------------- #
+# WebP: lossy (VP8) or lossless (VP8L), and the lossy quantiser
+# --------------------------------------------------------------------------- #
+class _BoolDecoder:
+    """VP8 boolean entropy decoder (RFC 6386, section 7), enough to read the frame header."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.value = int.from_bytes(data[:2].ljust(2, b"\0"), "big")
+        self.pos = 2
+        self.range = 255
+        self.bits = 0
+
+    def bool(self, prob: int = 128) -> int:
+        split = 1 + (((self.range - 1) * prob) >> 8)
+        big = split << 8
+        if self.value >= big:
+            bit = 1
+            self.range -= split
+            self.value -= big
+        else:
+            bit = 0
+            self.range = split
+        while self.range < 128:
+            self.value <<= 1
+            self.range <<= 1
+            self.bits += 1
+            if self.bits == 8:
+                self.bits = 0
+                if self.pos < len(self.data):
+                    self.value |= self.data[self.pos]
+                self.pos += 1
+        return bit
+
+    def literal(self, n: int) -> int:
+        v = 0
+        for _ in range(n):
+            v = (v << 1) | self.bool()
+        return v
+
+    def signed(self, n: int) -> int:
+        v = self.literal(n)
+        return -v if self.bool() else v
+
+    def skip_optional(self, n: int, signed: bool = True) -> None:
+        if self.bool():
+            self.literal(n)
+            if signed:
+                self.bool()
+
+
+def _vp8_base_quantizer(frame: bytes) -> float | None:
+    """Mean luma AC quantiser index (0..127) of a VP8 key frame (segments included)."""
+    if len(frame) < 12 or frame[0] & 1 or frame[3:6] != b"\x9d\x01\x2a":
+        return None  # not a key frame
+    d = _BoolDecoder(frame[10:])
+    d.literal(2)  # colour space, clamping type
+    segment_q: list[int] | None = None
+    absolute = False
+    if d.bool():  # segmentation enabled
+        update_map = d.bool()
+        if d.bool():  # update segment feature data
+            absolute = bool(d.bool())
+            segment_q = [d.signed(7) if d.bool() else 0 for _ in range(4)]
+            for _ in range(4):
+                d.skip_optional(6)  # loop-filter levels
+        if update_map:
+            for _ in range(3):
+                d.skip_optional(8, signed=False)
+    d.literal(1 + 6 + 3)  # filter type, level, sharpness
+    if d.bool() and d.bool():  # loop-filter deltas enabled and updated
+        for _ in range(8):
+            d.skip_optional(6)
+    d.literal(2)  # log2 number of DCT partitions
+    base = d.literal(7)
+    if segment_q is None:
+        return float(base)
+    qs = [q if absolute else base + q for q in segment_q]
+    return float(sum(min(127, max(0, q)) for q in qs)) / len(qs)
+
+
+def _webp_quality_from_quantizer(qi: float) -> float:
+    """Invert libwebp's quality -> base quantiser mapping (``VP8SetSegmentParams``)."""
+    c = 1.0 - min(127.0, max(0.0, qi)) / 127.0
+    linear = c**3
+    q = linear * 1.5 if linear < 0.5 else (linear + 1.0) / 2.0
+    return float(min(100.0, max(1.0, round(100.0 * q))))
+
+
+def webp_compression(data: bytes) -> tuple[bool, float | None]:
+    """``(lossy, estimated quality)`` of WebP bytes: lossy when the image is a VP8
+    bitstream (simple or extended/VP8X/animated file), lossless for VP8L. The quality is
+    libwebp's 1..100 scale estimated from the VP8 quantiser (``None`` when lossless)."""
+    pos = 12  # after "RIFF" <size> "WEBP"
+    while pos + 8 <= len(data):
+        tag = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = data[pos + 8 : pos + 8 + size]
+        if tag == b"VP8 ":
+            qi = _vp8_base_quantizer(body)
+            return True, None if qi is None else _webp_quality_from_quantizer(qi)
+        if tag == b"VP8L":
+            return False, None
+        if tag == b"ANMF":  # animation frame: 16-byte header, then the frame's chunks
+            pos += 8 + 16
+            continue
+        pos += 8 + size + (size & 1)
+    return False, None
 
 
 # --------------------------------------------------------------------------- #
@@ -468,8 +604,59 @@ _CORRUPT_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struc
 # --------------------------------------------------------------------------- #
 # Public entry point
 # --------------------------------------------------------------------------- #
+def jpeg_draft_size(width: int, height: int, target_side: int) -> tuple[int, int] | None:
+    """The ``Image.draft`` request for a JPEG: the smallest DCT scale keeping the long side
+    >= ``target_side`` (``None``: no reduction needed)."""
+    s = target_side / max(width, height)
+    if s >= 1.0:
+        return None
+    return max(1, math.ceil(width * s)), max(1, math.ceil(height * s))
+
+
+def jpeg_scale(width: int, height: int, target_side: int) -> int:
+    """DCT-scaling denominator (1, 2, 4 or 8) for ``jpeg_draft_size`` (Pillow's draft rule)."""
+    request = jpeg_draft_size(width, height, target_side)
+    if request is None:
+        return 1
+    scale = min(width // request[0], height // request[1])
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+_CV2_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+              8: cv2.IMREAD_REDUCED_COLOR_8}
+_CV2_GRAY = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def decode_jpeg_pixels(data: bytes, width: int, height: int, gray: bool, target_side: int) -> np.ndarray:
+    """Pixels of a YCbCr/RGB (``gray``: 1-component) JPEG, DCT-scaled by ``jpeg_scale``, as a
+    numpy RGB (gray: 2-D) ``uint8`` array in stored orientation.
+
+    libjpeg-turbo through OpenCV: the same pixels as Pillow's ``draft`` + ``load``, without
+    Pillow's copy into numpy. Structure and size limits must have been checked before.
+    """
+    s = jpeg_scale(width, height, target_side)
+    flags = (_CV2_GRAY if gray else _CV2_COLOR)[s] | cv2.IMREAD_IGNORE_ORIENTATION
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    expected = (-(-height // s), -(-width // s))
+    if arr is None or arr.shape[:2] != expected:
+        raise ImageDecodeError("truncated", "libjpeg could not decode the image data")
+    return arr if gray else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def _reduce_int(arr: np.ndarray, k: int) -> np.ndarray:
+    """Area-reduce by the integer ``k`` (OpenCV's fast path; a remainder of < ``k`` rows or
+    columns is cropped, split between both sides)."""
+    h, w = arr.shape[:2]
+    hh, ww = h - h % k, w - w % k
+    if (hh, ww) != (h, w):
+        y, x = (h - hh) // 2, (w - ww) // 2
+        arr = np.ascontiguousarray(arr[y : y + hh, x : x + ww])
+    return cv2.resize(arr, (ww // k, hh // k), interpolation=cv2.INTER_AREA)
+
+
 def decode_image(
-    data: bytes, target_side: int = 512, max_pixels: int = 150_000_000
+    data: bytes, target_side: int = 512, max_pixels: int = 150_000_000, exact: bool = True
 ) -> DecodedImage:
     """Decode ``data`` (raw file bytes) into a :class:`DecodedImage`.
 
@@ -485,7 +672,7 @@ def decode_image(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _decode(data, target_side, max_pixels)
+            return _decode(data, target_side, max_pixels, exact)
         except ImageDecodeError:
             raise
         except Image.DecompressionBombError as exc:
@@ -496,7 +683,7 @@ def decode_image(
             raise ImageDecodeError("decode_failed", f"{type(exc).__name__}: {exc}") from None
 
 
-def _decode(data: bytes, target_side: int, max_pixels: int) -> DecodedImage:
+def _decode(data: bytes, target_side: int, max_pixels: int, exact: bool) -> DecodedImage:
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -529,38 +716,48 @@ def _decode(data: bytes, target_side: int, max_pixels: int) -> DecodedImage:
         has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
 
         jpeg_quality = None
+        lossy = fmt in _LOSSY_FORMATS
+        if fmt == "WEBP":
+            lossy, jpeg_quality = webp_compression(data)
         if fmt in _JPEG_FORMATS:
             _validate_jpeg_structure(data)
             jpeg_quality = estimate_jpeg_quality(getattr(im, "quantization", None))
-            s = target_side / max(w, h)
-            if s < 1.0:
-                im.draft(None, (max(1, math.ceil(w * s)), max(1, math.ceil(h * s))))
-
-        try:
-            im.load()
-        except Image.DecompressionBombError:
-            raise
-        except _CORRUPT_ERRORS as exc:
-            msg = str(exc)
-            if "decoder" in msg and "not available" in msg:
-                raise ImageDecodeError("unsupported_format", msg) from None
-            raise ImageDecodeError("truncated", f"{type(exc).__name__}: {msg}") from None
-
         orientation = _orientation(im)
-        img = _to_8bit_mode(im)
-        m = max(img.size)
-        if m > 2 * target_side:
-            img = img.reduce(m // target_side)
-        arr = np.asarray(img)
+
+        if fmt in _JPEG_FORMATS and mode in ("RGB", "L"):
+            arr = decode_jpeg_pixels(data, w, h, mode == "L", target_side)
+            m = max(arr.shape[:2])
+            if m >= 2 * target_side:
+                arr = _reduce_int(arr, m // target_side)
+        else:
+            if fmt in _JPEG_FORMATS:  # CMYK JPEG: Pillow's draft
+                request = jpeg_draft_size(w, h, target_side)
+                if request is not None:
+                    im.draft(None, request)
+            try:
+                im.load()
+            except Image.DecompressionBombError:
+                raise
+            except _CORRUPT_ERRORS as exc:
+                msg = str(exc)
+                if "decoder" in msg and "not available" in msg:
+                    raise ImageDecodeError("unsupported_format", msg) from None
+                raise ImageDecodeError("truncated", f"{type(exc).__name__}: {msg}") from None
+            img = _to_8bit_mode(im)
+            m = max(img.size)
+            if m >= 2 * target_side:
+                img = img.reduce(m // target_side)
+            arr = np.asarray(img)
 
     if arr.dtype != np.uint8:
         arr = np.clip(arr, 0, 255).astype(np.uint8)
+    side = target_side if exact else 2 * target_side - 1  # no-op fit when not exact
     if arr.ndim == 3 and arr.shape[2] in (2, 4):
         # composite first: cv2 resizing of straight (non-premultiplied) alpha would
         # bleed the colour of transparent pixels into the edges
-        rgb = _fit(_composite_white(arr), target_side)
+        rgb = _fit(_composite_white(arr), side)
     else:
-        rgb = _composite_white(_fit(arr, target_side))
+        rgb = _composite_white(_fit(arr, side))
     rgb = _orient(rgb, orientation)
     if orientation >= 5:
         w, h = h, w
@@ -572,4 +769,5 @@ def _decode(data: bytes, target_side: int, max_pixels: int) -> DecodedImage:
         mode=mode,
         has_alpha=bool(has_alpha),
         jpeg_quality=jpeg_quality,
+        lossy=bool(lossy),
     )

@@ -1,12 +1,12 @@
 """No-reference technical quality score (0..100) used to pick the best copy in a
 group of near-duplicates.
 
-All measurements except resolution are made on the decoded, reduced image
-(``DecodedImage.rgb``, long side ~512) converted to gray; images larger than
-``WORK_SIDE`` on their long side are first area-resized to it, so sharpness and
-noise are measured at a FIXED scale whatever the original resolution (smaller
-images are measured at their own size: the resolution component already
-penalises them).
+All measurements except resolution and compression are made on one gray image at a
+FIXED scale: the reduced decode (``DecodedImage.rgb``) converted to gray and, when
+larger, area-resized to ``WORK_SIDE`` = 256 px on the long side (``working_gray``),
+whatever the original resolution; smaller images are measured at their own size (the
+resolution component already penalises them). 256 px is what a DCT-scaled decode gives
+almost for free, so stage 1 costs little more than decoding.
 
 Components (each 0..100, higher is better)
 ------------------------------------------
@@ -15,9 +15,10 @@ Components (each 0..100, higher is better)
 ``q_sharpness``    Edge acutance: mean ``|Laplacian|`` over the 10 % strongest-gradient
                    pixels (Sobel) of the working gray after a 3x3 median (so pixel
                    noise barely registers), normalised by the contrast
-                   ``p95 - p5 + 8``: ``E``; ``q = 100 * (1 - exp(-E / SHARP_SCALE))``
-                   (``SHARP_SCALE = 0.10``; sharp photos ~70-95, sigma-3 blur of a
-                   ~1 MP photo ~30).
+                   ``p95 - p5 + 8``: ``E``; ``q = 100 * log(E / 0.05) / log(0.4 / 0.05)``
+                   clipped (``SHARP_LO``/``SHARP_HI``): a blur that scales ``E`` by a
+                   ratio costs the same points on any photo (sigma-3 blur of a ~1 MP
+                   photo: ``E`` x ~0.6, about -25 points).
 ``q_exposure``     ``100 * (1 - min(1, penalty))`` with penalty =
                    ``2.0 * max(0, frac(>= 251) - 0.02)`` (blown highlights)
                    ``+ 1.5 * max(0, frac(<= 4) - 0.30)`` (crushed shadows; black
@@ -28,15 +29,19 @@ Components (each 0..100, higher is better)
                    ``+ 0.5 * max(0, 0.15 - std) / 0.15`` (very low contrast).
 ``q_noise``        Immerkaer fast noise estimate ``sigma = sqrt(pi/2) / 6 * mean |G * N|``
                    with ``N = [[1,-2,1],[-2,4,-2],[1,-2,1]]``, averaged only over the
-                   80 % of pixels with the weakest Sobel gradient (texture/edges are
-                   not noise); ``q = 100 * (1 - sigma / NOISE_SIGMA_ZERO)`` clipped, with
-                   ``NOISE_SIGMA_ZERO = 6``.  Because sigma is measured at the reduced
-                   working scale (reduction averages noise away: sigma 20 added to a
-                   ~1 MP photo measures ~3 at 512 px), the zero point is 6 rather
-                   than the ~15 one would use at full resolution.
-``q_compression``  From the JPEG quantisation-table quality when given
-                   (``interp(q, [10, 25, 50, 75, 95], [0, 20, 50, 80, 100])``), 100 for
-                   lossless formats; multiplied by a blockiness factor when the decoded
+                   30 % flattest pixels (weakest Sobel gradient of the median-filtered
+                   gray: texture and edges are not noise);
+                   ``q = 100 * (1 - (sigma - 0.5) / (3.0 - 0.5))`` clipped
+                   (``NOISE_SIGMA_FREE``/``NOISE_SIGMA_ZERO``). The reduction averages
+                   noise away (sigma 20 added to a ~1 MP photo adds ~1.5 here), hence
+                   the low zero point. Limitation: on pure fine texture (grass, gravel)
+                   texture reads as noise, and a blurred copy can then outrank the
+                   original; at this scale the two cannot be told apart.
+``q_compression``  From the encoder quality when known (JPEG quantisation tables, or
+                   the VP8 quantiser of lossy WebP, see ``decode.webp_compression``):
+                   ``interp(q, [10, 25, 50, 75, 95], [0, 20, 50, 80, 100])``;
+                   ``LOSSY_UNKNOWN_Q`` = 70 for other lossy codecs (AVIF/HEIF), 100 for
+                   lossless formats (PNG, lossless WebP, ...); multiplied by a blockiness factor when the decoded
                    array is at native resolution (8x8 grid discontinuities are only
                    visible there): ratio of the strongest 8-phase column/row boundary
                    difference to the second strongest, ``<= 1.15 -> no penalty``,
@@ -66,23 +71,28 @@ QUALITY_COMPONENTS = ("q_resolution", "q_sharpness", "q_exposure", "q_noise", "q
 #: weights of the components in ``quality_score`` (sum to 1)
 QUALITY_WEIGHTS = {
     "q_resolution": 0.20,
-    "q_sharpness": 0.25,
+    "q_sharpness": 0.30,
     "q_exposure": 0.15,
-    "q_noise": 0.20,
+    "q_noise": 0.15,
     "q_compression": 0.20,
 }
 assert abs(sum(QUALITY_WEIGHTS.values()) - 1.0) < 1e-9
 
-WORK_SIDE = 512
-SHARP_SCALE = 0.10
-NOISE_SIGMA_ZERO = 6.0
+WORK_SIDE = 256
+LOSSY_UNKNOWN_Q = 70.0
+SHARP_LO, SHARP_HI = 0.05, 0.4
+NOISE_SIGMA_FREE, NOISE_SIGMA_ZERO = 0.5, 3.0
+FLAT_FRACTION = 0.3
 _MP_LO, _MP_HI = 0.01, 12.0
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
 
-def working_gray(rgb: np.ndarray) -> np.ndarray:
-    """Gray ``uint8`` image at the fixed measurement scale (long side <= WORK_SIDE)."""
-    gray = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+def working_gray(img: np.ndarray) -> np.ndarray:
+    """Gray ``uint8`` image at the fixed measurement scale (long side <= WORK_SIDE).
+
+    ``img`` is RGB (``H x W x 3``) or already gray (``H x W``).
+    """
+    gray = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
     h, w = gray.shape[:2]
     m = max(h, w)
     if m > WORK_SIDE:
@@ -100,40 +110,57 @@ def _q_resolution(width: int, height: int) -> float:
     return _clip100(100.0 * math.log(max(mp, _MP_LO) / _MP_LO) / math.log(_MP_HI / _MP_LO))
 
 
-def _u8_percentiles(gray: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    cdf = np.cumsum(np.bincount(gray.ravel(), minlength=256)) / gray.size
+def _hist_percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    cdf = np.cumsum(hist) / max(float(hist.sum()), 1.0)
     return [float(np.searchsorted(cdf, q)) for q in qs]
 
 
-def _quantile(x: np.ndarray, q: float) -> float:
-    """Fast approximate quantile (on a regular subsample of at most ~65k values)."""
-    flat = x.ravel()
-    step = max(1, flat.size // 65536)
-    sub = flat[::step].copy()
-    k = min(sub.size - 1, max(0, int(q * (sub.size - 1))))
-    return float(np.partition(sub, k)[k])
+def _u8_hist(gray: np.ndarray) -> np.ndarray:
+    return cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel().astype(np.float64)
 
 
-def _grad_mag(g: np.ndarray) -> np.ndarray:
-    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.add(cv2.absdiff(gx, 0), cv2.absdiff(gy, 0))
+_MAG_BINS = 2041  # |Sobel x| + |Sobel y| of 8-bit data is at most 2 * 4 * 255
 
 
-def _q_sharpness(gray: np.ndarray) -> float:
+def _kth_values(values: np.ndarray, qs: tuple[float, ...]) -> list[int]:
+    """Exact order statistics ``sorted(values)[int(q * (n - 1))]`` of a non-negative int16
+    array below ``_MAG_BINS`` (via its histogram: no sort)."""
+    u16 = np.ascontiguousarray(values).view(np.uint16)
+    counts = cv2.calcHist([u16], [0], None, [_MAG_BINS], [0, _MAG_BINS]).ravel()
+    cdf = np.cumsum(counts)
+    n = int(cdf[-1])
+    return [int(np.searchsorted(cdf, int(q * (n - 1)) + 1)) for q in qs]
+
+
+def _structure(gray: np.ndarray) -> tuple[float, float]:
+    """``(q_sharpness, q_noise)`` from one gradient of the median-filtered gray (exact
+    integer arithmetic in int16)."""
     den = cv2.medianBlur(gray, 3)
-    g = den.astype(np.float32)
-    lap = cv2.absdiff(cv2.Laplacian(g, cv2.CV_32F, ksize=1), 0)
-    mag = _grad_mag(g)
-    edges = mag >= _quantile(mag, 0.90)
-    p5, p95 = _u8_percentiles(den, (0.05, 0.95))
-    e = float(lap[edges].mean()) / (p95 - p5 + 8.0)
-    return _clip100(100.0 * (1.0 - math.exp(-e / SHARP_SCALE)))
+    gx = cv2.Sobel(den, cv2.CV_16S, 1, 0, ksize=3)
+    gy = cv2.Sobel(den, cv2.CV_16S, 0, 1, ksize=3)
+    mag = cv2.add(cv2.absdiff(gx, 0), cv2.absdiff(gy, 0))  # <= 2040
+    t_flat, t_edge = _kth_values(mag, (FLAT_FRACTION, 0.90))
+    # sharpness: |Laplacian| on the strongest edges, normalised by the contrast
+    lap = cv2.absdiff(cv2.Laplacian(den, cv2.CV_16S, ksize=1), 0)
+    edges = cv2.compare(mag, t_edge, cv2.CMP_GE)
+    p5, p95 = _hist_percentiles(_u8_hist(den), (0.05, 0.95))
+    e = max(cv2.mean(lap, mask=edges)[0] / (p95 - p5 + 8.0), 1e-6)
+    sharp = _clip100(100.0 * math.log(e / SHARP_LO) / math.log(SHARP_HI / SHARP_LO))
+    # noise: Immerkaer response of the raw gray where the structure is flat
+    h, w = gray.shape
+    if h < 3 or w < 3:
+        return sharp, 100.0
+    resp = cv2.absdiff(cv2.filter2D(gray, cv2.CV_16S, _IMMERKAER), 0)[1:-1, 1:-1]
+    flat = cv2.compare(mag[1:-1, 1:-1], t_flat, cv2.CMP_LE)
+    sigma = 0.0
+    if cv2.countNonZero(flat):
+        sigma = math.sqrt(math.pi / 2.0) / 6.0 * cv2.mean(resp, mask=flat)[0]
+    return sharp, _clip100(100.0 * (1.0 - (sigma - NOISE_SIGMA_FREE) / (NOISE_SIGMA_ZERO - NOISE_SIGMA_FREE)))
 
 
 def _q_exposure(gray: np.ndarray) -> float:
     n = gray.size
-    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
+    hist = _u8_hist(gray)
     cdf = np.cumsum(hist) / n
     black = float(np.searchsorted(cdf, 0.005))  # 0.5th percentile
     white = float(np.searchsorted(cdf, 0.995))  # 99.5th percentile
@@ -153,24 +180,6 @@ def _q_exposure(gray: np.ndarray) -> float:
     return _clip100(100.0 * (1.0 - min(1.0, penalty)))
 
 
-def _noise_sigma(gray: np.ndarray) -> float:
-    """Immerkaer sigma over the 80 % of pixels with the weakest Sobel gradient."""
-    h, w = gray.shape
-    if h < 3 or w < 3:
-        return 0.0
-    g = gray.astype(np.float32)
-    resp = cv2.absdiff(cv2.filter2D(g, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT), 0)[1:-1, 1:-1]
-    mag = _grad_mag(g)[1:-1, 1:-1]
-    flat = mag <= _quantile(mag, 0.80)
-    if not flat.any():
-        return 0.0
-    return float(math.sqrt(math.pi / 2.0) / 6.0 * float(resp[flat].mean()))
-
-
-def _q_noise(gray: np.ndarray) -> float:
-    return _clip100(100.0 * (1.0 - _noise_sigma(gray) / NOISE_SIGMA_ZERO))
-
-
 def _blockiness(gray: np.ndarray) -> float:
     """Strongest / second-strongest mean |difference| over the 8 column (row) phases."""
     g = gray.astype(np.float32)
@@ -184,11 +193,19 @@ def _blockiness(gray: np.ndarray) -> float:
     return max(ratios) if ratios else 1.0
 
 
-def _q_compression(gray_native: np.ndarray | None, jpeg_quality: float | None) -> float:
-    if jpeg_quality is None:
-        q = 100.0
-    else:
+def _q_compression(
+    gray_native: np.ndarray | None, jpeg_quality: float | None, lossy: bool | None = None
+) -> float:
+    """``jpeg_quality``: the encoder quality estimate (JPEG tables, WebP VP8 quantiser);
+    ``lossy``: lossy codec (default: ``jpeg_quality is not None``)."""
+    if lossy is None:
+        lossy = jpeg_quality is not None
+    if jpeg_quality is not None:
         q = float(np.interp(jpeg_quality, [10, 25, 50, 75, 95], [0, 20, 50, 80, 100]))
+    elif lossy:
+        q = LOSSY_UNKNOWN_Q  # lossy codec, quality unknown (AVIF/HEIF, damaged header)
+    else:
+        q = 100.0
     if gray_native is not None:
         b = _blockiness(gray_native)
         factor = 1.0 - 0.7 * min(1.0, max(0.0, (b - 1.15) / 0.85))
@@ -197,22 +214,31 @@ def _q_compression(gray_native: np.ndarray | None, jpeg_quality: float | None) -
 
 
 def quality_components(
-    rgb: np.ndarray, width: int, height: int, jpeg_quality: float | None
+    img: np.ndarray,
+    width: int,
+    height: int,
+    jpeg_quality: float | None,
+    lossy: bool | None = None,
+    work: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The five quality components (0..100) of an image.
 
-    ``rgb`` is ``DecodedImage.rgb``; ``width``/``height`` the full-resolution size;
-    ``jpeg_quality`` the estimated JPEG quality or ``None`` for non-JPEG data.
+    ``img`` is ``DecodedImage.rgb`` or its gray version; ``width``/``height`` the
+    full-resolution size; ``jpeg_quality`` the estimated encoder quality or ``None``;
+    ``lossy``: see ``_q_compression``; ``work``: ``working_gray(img)`` if already made.
     """
-    gray = working_gray(rgb)
-    native = rgb.shape[0] * rgb.shape[1] >= int(width) * int(height)
-    gray_native = gray if (native and gray.shape[:2] == rgb.shape[:2]) else None
+    gray = working_gray(img) if work is None else work
+    native = img.shape[0] * img.shape[1] >= int(width) * int(height)
+    gray_native = None
+    if native:  # blockiness is only visible at native resolution
+        gray_native = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
+    sharp, noise = _structure(gray)
     comps = {
         "q_resolution": _q_resolution(width, height),
-        "q_sharpness": _q_sharpness(gray),
+        "q_sharpness": sharp,
         "q_exposure": _q_exposure(gray),
-        "q_noise": _q_noise(gray),
-        "q_compression": _q_compression(gray_native, jpeg_quality),
+        "q_noise": noise,
+        "q_compression": _q_compression(gray_native, jpeg_quality, lossy),
     }
     return {k: round(v, 2) for k, v in comps.items()}
 

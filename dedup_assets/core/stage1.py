@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 
-from .analyse import analyse_bytes
+from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes
 from .parallel import ordered_map
 from .store import ImageStore
 
@@ -39,9 +40,11 @@ def analyse_collection(
     paths: Iterable[str],
     *,
     workers: int | None = None,
-    target_side: int = 512,
+    target_side: int = DEFAULT_TARGET_SIDE,
     max_pixels: int = 150_000_000,
+    pool: Executor | None = None,
 ) -> Iterator[dict]:
-    """One row per path, in order, computed on ``workers`` processes with bounded memory."""
+    """One row per path, in order, computed on ``workers`` processes with bounded memory
+    (``pool``: an already running ``parallel.worker_pool`` to use)."""
     fn = functools.partial(analyse_path, store, collection, target_side, max_pixels)
-    return ordered_map(fn, paths, workers=workers)
+    return ordered_map(fn, paths, workers=workers, pool=pool)
