@@ -22,6 +22,10 @@ def _state_dir(out: Path) -> Path:
     return out / ".dedup_state"
 
 
+def _say(message: str) -> None:
+    print(f"dedup-assets: {message}", file=sys.stderr, flush=True)
+
+
 def run_collection(
     source: Path,
     out: Path,
@@ -31,14 +35,15 @@ def run_collection(
     verbose: bool = False,
     run_config: dict | None = None,
 ):
-    """Materialise every asset for ``source`` as one collection; returns the Dagster result."""
-    from dagster import DagsterInstance, materialize
+    """Materialise every asset for ``source`` as one collection (see :mod:`.runner`); the
+    Dagster instance under ``OUT/.dedup_state`` says which shards are already analysed, so
+    a killed run started again resumes where it stopped. Returns a ``CollectionRun``."""
+    from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    from .assets import ALL_ASSETS
     from .core.store import collection_slug
     from .definitions import build_resources
-    from .partitions import collections_partitions
+    from .runner import materialize_collection
 
     source, out = source.resolve(), out.resolve()
     if not source.is_dir():
@@ -54,28 +59,20 @@ def run_collection(
     (state / "dagster").mkdir(parents=True, exist_ok=True)
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
     key = collection_slug(source.name)
-    if not instance.has_dynamic_partition(collections_partitions.name, key):
-        instance.add_dynamic_partitions(collections_partitions.name, [key])
-    config: dict = {"ops": {}}
+    op_config: dict = {}
     if workers:
         for name in ("wavelet_hashes", "global_groups", "local_groups"):
-            config["ops"][name] = {"config": {"workers": workers}}
-    for op, op_config in (run_config or {}).get("ops", {}).items():
-        config["ops"].setdefault(op, {"config": {}})["config"].update(op_config["config"])
-    config["loggers"] = {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}
+            op_config[name] = {"workers": workers}
+    for op, extra in (run_config or {}).get("ops", {}).items():
+        op_config.setdefault(op, {}).update(extra["config"])
     resources = build_resources(
         source_root=str(source.parent),
         output_root=str(out),
         database=str(state / "dedup_assets.duckdb"),
         embedder=embedder,
     )
-    return materialize(
-        ALL_ASSETS,
-        partition_key=key,
-        resources=resources,
-        instance=instance,
-        run_config=config,
-        raise_on_error=False,
+    return materialize_collection(
+        instance, key, resources, op_config=op_config, verbose=verbose, say=_say
     )
 
 
@@ -95,7 +92,7 @@ def _copy_counts(result) -> str:
     return "none"
 
 
-def _summary(source: Path, out: Path, seconds: float, copies: str = "") -> str:
+def _summary(source: Path, out: Path, seconds: float, copies: str = "", shards: str = "") -> str:
     path = report_path(source, out)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -109,6 +106,7 @@ def _summary(source: Path, out: Path, seconds: float, copies: str = "") -> str:
             f"unique:     {status['Unique']}",
             f"errors:     {status['Error']}",
             f"copies:     {copies}",
+            f"shards:     {shards}",
             f"time:       {seconds:.1f} s",
             f"report:     {path}",
         ]
@@ -127,7 +125,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("dedup-assets: the run failed", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    print(_summary(Path(args.source), Path(args.output), seconds, _copy_counts(result)))
+    shards = f"{result.shards} ({result.resumed} already analysed)"
+    print(_summary(Path(args.source), Path(args.output), seconds, _copy_counts(result), shards))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Everything Dagster loads: assets, resources, the job, the sensor.
+"""Everything Dagster loads: assets (with their checks), resources, jobs, sensors, schedule.
 
 The embedded default reads collections from a local folder and keeps results in one DuckDB
 file; both are set by environment variables (see README):
@@ -7,19 +7,21 @@ file; both are set by environment variables (see README):
 - ``DEDUP_OUTPUT_ROOT``: where ``<collection>_deduplicated/`` go (default ``data/output``)
 - ``DEDUP_DUCKDB``: the DuckDB file (default ``data/dedup_assets.duckdb``)
 - ``DEDUP_CLIP_MODEL`` / ``DEDUP_CLIP_PRETRAINED`` / ``DEDUP_CLIP_CHECKPOINT``: the CLIP model
+- ``DEDUP_SHARDS``: shards per collection for stage 1 (default 16; see partitions.py)
+- ``DEDUP_RESCAN_CRON``: when known collections are listed again (default hourly)
 """
 
 from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar, define_asset_job, in_process_executor
+from dagster import Definitions, EnvVar, in_process_executor
 
 from .assets import ALL_ASSETS
 from .io_manager import DedupDuckDBIOManager
-from .partitions import collections_partitions
+from .jobs import JOBS
 from .resources import EmbedderResource, LocalFolderStoreResource
-from .sensors import collection_discovery_sensor
+from .sensors import collection_discovery_sensor, dedup_progress_sensor, inventory_rescan_schedule
 
 DEFAULTS = {
     "DEDUP_SOURCE_ROOT": "data/collections",
@@ -30,14 +32,6 @@ DEFAULTS = {
 }
 for _name, _value in DEFAULTS.items():
     os.environ.setdefault(_name, _value)
-
-dedup_job = define_asset_job(
-    "dedup_job",
-    selection=ALL_ASSETS,
-    partitions_def=collections_partitions,
-    description="The whole pipeline for one collection.",
-)
-
 
 def build_resources(
     *,
@@ -61,8 +55,9 @@ def build_resources(
 
 defs = Definitions(
     assets=ALL_ASSETS,
-    jobs=[dedup_job],
-    sensors=[collection_discovery_sensor],
+    jobs=JOBS,
+    sensors=[collection_discovery_sensor, dedup_progress_sensor],
+    schedules=[inventory_rescan_schedule],
     resources=build_resources(),
     executor=in_process_executor,
 )

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from dedup_assets.assets import ALL_ASSETS
 from dedup_assets.cli import main, report_path
 from dedup_assets.core.report import LEGACY_COLUMNS
 from dedup_assets.core.sample import make_sample_collection
 from dedup_assets.definitions import build_resources
-from dedup_assets.partitions import collections_partitions
+from dedup_assets.runner import materialize_collection
 
 COLLECTION = "sample-photos"
 
@@ -48,15 +48,12 @@ def pipeline_run(sample, tmp_path_factory):
     source, truth = sample
     out = tmp_path_factory.mktemp("out")
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
     resources = build_resources(
         source_root=str(source.parent), output_root=str(out), database=str(out / "dedup_assets.duckdb")
     )
 
     def run():
-        result = materialize(
-            ALL_ASSETS, partition_key=COLLECTION, resources=resources, instance=instance
-        )
+        result = materialize_collection(instance, COLLECTION, resources)
         assert result.success
         return result
 
