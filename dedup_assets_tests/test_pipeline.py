@@ -327,3 +327,20 @@ def test_killed_run_resumes_with_identical_results(sample, pipeline_run, tmp_pat
     finally:
         con.close()
         ref.close()
+
+
+def test_bench_accuracy_on_the_sample_collection(sample, tmp_path, capsys):
+    """The accuracy benchmark runs the real pipeline and scores it per stage."""
+    from dedup_assets.bench import run as bench
+
+    source, truth = sample
+    out_json = tmp_path / "acc.json"
+    assert bench("accuracy", [str(source), "--workers", "1", "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert list(res["stages"]) == ["candidates", "color", "global", "local", "final"]
+    final = res["stages"]["final"]
+    assert final["true_pairs"] == sum(len(g) * (len(g) - 1) // 2 for g in truth["groups"])
+    assert (final["precision"], final["recall"], final["bcubed_f1"]) == (1.0, 1.0, 1.0)
+    assert sorted(res["unreadable_reported"]) == sorted(truth["unreadable"])
+    assert res["unexpected_errors"] == {}
+    assert "final" in capsys.readouterr().out
