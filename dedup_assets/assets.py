@@ -58,6 +58,9 @@ PARTITIONED = dict(
     metadata={"partition_expr": "collection"},
     group_name="dedup",
 )
+#: Collection-level stages hold a whole collection in memory: dagster.yaml caps how many
+#: run at once across runs (pool limit).
+COLLECTION_LEVEL = dict(**PARTITIONED, pool="dedup_collection")
 SHARDED = dict(
     partitions_def=collection_shards_partitions,
     metadata={"partition_expr": {"collection": "collection", "shard": "shard"}},
@@ -278,7 +281,7 @@ def _pairs_from_frame(frame: pl.DataFrame, index: dict[str, int]) -> list[Pair]:
     ]
 
 
-@asset(**PARTITIONED, ins={"wavelet_hashes": ALL_SHARDS})
+@asset(**COLLECTION_LEVEL, ins={"wavelet_hashes": ALL_SHARDS})
 def color_groups(
     context: AssetExecutionContext, config: CandidateConfig, wavelet_hashes: pl.DataFrame
 ) -> pl.DataFrame:
@@ -332,7 +335,7 @@ class GlobalConfig(Config):
     workers: int = Field(default=0, description="Decode processes (0: one per core).")
 
 
-@asset(**PARTITIONED, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def global_groups(
     context: AssetExecutionContext,
     config: GlobalConfig,
@@ -426,7 +429,7 @@ class LocalConfig(Config):
     workers: int = Field(default=0, description="Processes (0: one per core).")
 
 
-@asset(**PARTITIONED, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def local_groups(
     context: AssetExecutionContext,
     config: LocalConfig,
@@ -476,7 +479,7 @@ def local_groups(
 
 
 @asset(
-    **PARTITIONED,
+    **COLLECTION_LEVEL,
     ins={"wavelet_hashes": ALL_SHARDS},
     check_specs=check_specs("best_selection"),
 )
@@ -551,7 +554,7 @@ def best_selection(
 # --------------------------------------------------------------------------- outputs
 
 
-@asset(**PARTITIONED, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def deduplicated_files(
     context: AssetExecutionContext,
     store: ImageStoreResource,
@@ -598,7 +601,7 @@ def deduplicated_files(
     return frame
 
 
-@asset(**PARTITIONED, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def image_report(
     context: AssetExecutionContext,
     store: ImageStoreResource,

@@ -150,6 +150,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_run(args)
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill import add_collections, backfill_status, launch_backfill
+
+    add_collections(args.url, args.collections)
+    backfill_id = launch_backfill(args.url, args.collections)
+    print(f"backfill {backfill_id} launched for {', '.join(args.collections)}")
+    if not args.wait:
+        return 0
+    while (status := backfill_status(args.url, backfill_id)) in ("REQUESTED", "CANCELING"):
+        time.sleep(5)
+    print(f"backfill {backfill_id}: {status}")
+    return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -174,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     sample = sub.add_parser("sample", help="write the sample collection to a folder")
     sample.add_argument("dest")
     sample.set_defaults(fn=_cmd_sample)
+
+    backfill = sub.add_parser(
+        "backfill", help="backfill whole collections through a running Dagster (GraphQL)"
+    )
+    backfill.add_argument("collections", nargs="+", help="collection partition keys")
+    backfill.add_argument("--url", default="http://127.0.0.1:3000", help="Dagster webserver")
+    backfill.add_argument("--wait", action="store_true", help="wait until it finishes")
+    backfill.set_defaults(fn=_cmd_backfill)
 
     bench = sub.add_parser("bench", help="run a benchmark: dedup-assets bench NAME --help")
     bench.add_argument("name", help="benchmark name (a module of dedup_assets.bench)")

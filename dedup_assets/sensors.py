@@ -30,11 +30,16 @@ from .partitions import collections_partitions, shard_partition_key
 from .resources import ImageStoreResource
 from .state import collection_states
 
+#: ``DEDUP_AUTOMATION=off`` starts the sensors and the schedule stopped (turn them on in the UI).
+_ON = os.environ.get("DEDUP_AUTOMATION", "on").lower() not in ("off", "0", "false", "no")
+SENSOR_STATUS = DefaultSensorStatus.RUNNING if _ON else DefaultSensorStatus.STOPPED
+SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if _ON else DefaultScheduleStatus.STOPPED
+
 
 
 @sensor(
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     job=inventory_job,
 )
 def collection_discovery_sensor(
@@ -55,7 +60,7 @@ def collection_discovery_sensor(
 @schedule(
     cron_schedule=os.environ.get("DEDUP_RESCAN_CRON", "0 * * * *"),
     job=inventory_job,
-    default_status=DefaultScheduleStatus.RUNNING,
+    default_status=SCHEDULE_STATUS,
 )
 def inventory_rescan_schedule(context: ScheduleEvaluationContext):
     """Re-lists every known collection so new or changed blobs are found."""
@@ -68,7 +73,7 @@ def inventory_rescan_schedule(context: ScheduleEvaluationContext):
 
 @sensor(
     minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.RUNNING,
+    default_status=SENSOR_STATUS,
     jobs=[stage1_job, dedup_job],
 )
 def dedup_progress_sensor(context: SensorEvaluationContext):
