@@ -17,6 +17,8 @@ import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
     Backoff,
     Config,
     Jitter,
@@ -29,7 +31,8 @@ from dagster import (
 from pydantic import Field
 
 from .checks import check_specs, selection_check_results
-from .core import report
+from .core import gallery, report
+from .core.overrides import apply_overrides
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
@@ -46,7 +49,7 @@ from .partitions import (
     collection_shards_partitions,
     collections_partitions,
 )
-from .resources import EmbedderResource, ImageStoreResource
+from .resources import EmbedderResource, ImageStoreResource, OverridesResource
 
 #: Assets that call the image store (Azure or a folder) retry transient failures.
 STORE_RETRY = RetryPolicy(
@@ -314,6 +317,7 @@ def color_groups(
         exact_pairs=len(exact),
         hash_pairs=len(near),
         kept_pairs=int(frame["color_kept"].sum()),
+        threshold=config.min_color_similarity,
     )
     return frame
 
@@ -471,6 +475,7 @@ def local_groups(
         models=f"ORB ({config.n_features} keypoints) + RANSAC homography",
         pairs_checked=todo_frame.height,
         kept_pairs=int(frame["local_kept"].sum()),
+        threshold=config.min_inliers,
     )
     return frame
 
@@ -485,15 +490,18 @@ def local_groups(
 )
 def best_selection(
     context: AssetExecutionContext,
+    overrides: OverridesResource,
     blob_inventory: pl.DataFrame,
     wavelet_hashes: pl.DataFrame,
     local_groups: pl.DataFrame,
 ):
     """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image.
 
-    Group ids hash the collection key and the group's first path, so they never repeat across
-    collections. Blocking checks (see :mod:`dedup_assets.checks`) stop the copies and the
-    report when the selection breaks a promise."""
+    Analyst overrides (``dedup.overrides``) are applied here: ``same_picture`` adds an edge,
+    ``not_duplicate`` keeps two images out of one group. Group ids hash the collection key and
+    the group's first path, so they never repeat across collections. Blocking checks (see
+    :mod:`dedup_assets.checks`) stop the copies and the report when the selection breaks a
+    promise."""
     timer = Timer(context)
     images = (
         blob_inventory.select("path", "size")
@@ -507,11 +515,9 @@ def best_selection(
         )
     )
     paths = images["path"].to_list()
-    index = {p: i for i, p in enumerate(paths)}
-    edges = [
-        (index[a], index[b])
-        for a, b in local_groups.filter(pl.col("local_kept")).select(*PAIR_KEY).iter_rows()
-    ]
+    grouping = apply_overrides(
+        paths, local_groups.filter(pl.col("local_kept")), overrides.load(context.partition_key)
+    )
     ok = (images["status"] == "ok").to_list()
     sel = select_keepers(
         paths,
@@ -519,7 +525,8 @@ def best_selection(
         images["quality_score"].fill_null(0.0).to_list(),
         (images["width"].fill_null(0) * images["height"].fill_null(0)).to_list(),
         images["size"].to_list(),
-        edges,
+        grouping.edges,
+        grouping.cannot_link,
         namespace=context.partition_key,
     )
     hists = report.histogram_matrix(images["color_hist"].to_list())
@@ -546,6 +553,9 @@ def best_selection(
         models="none",
         groups=frame.filter(pl.col("group_size") > 1)["group_id"].n_unique(),
         **{f"status_{k.lower()}": counts.get(k, 0) for k in ("Best", "Duplicate", "Unique", "Error")},
+        overrides=MetadataValue.json(
+            {**grouping.stats, "edges_refused_by_not_duplicate": sel.refused_edges}
+        ),
     )
     yield Output(frame)
     yield from selection_check_results(context.partition_key, blob_inventory, frame)
@@ -628,6 +638,118 @@ def image_report(
     )
 
 
+# --------------------------------------------------------------------------- review
+
+
+class GalleryConfig(Config):
+    groups_per_page: int = Field(default=50, description="Groups per gallery page at most.")
+    images_per_page: int = Field(default=400, description="Thumbnails per gallery page at most.")
+    borderline_margin: float = Field(
+        default=0.15, description="Groups whose weakest pair margin is below this are flagged."
+    )
+    thumb_side: int = Field(default=160, description="Long side of the thumbnails (px).")
+    workers: int = Field(default=0, description="Thumbnail processes (0: one per core).")
+
+
+def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> gallery.Thresholds:
+    """The thresholds the pair stages last ran with for this partition (defaults otherwise)."""
+    clip = pairs.height > 0 and "embedder" in pairs.columns and str(pairs["embedder"][0]).startswith("clip")
+    defaults = {
+        "color_groups": CandidateConfig().min_color_similarity,
+        "global_groups": (
+            GlobalConfig().min_clip_similarity if clip else GlobalConfig().min_descriptor_similarity
+        ),
+        "local_groups": LocalConfig().min_inliers,
+    }
+    found = {}
+    for name, default in defaults.items():
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[context.partition_key]),
+            limit=1,
+        ).records
+        meta = records[0].asset_materialization.metadata if records else {}
+        found[name] = float(meta["threshold"].value) if "threshold" in meta else default
+    return gallery.Thresholds(found["color_groups"], found["global_groups"], found["local_groups"])
+
+
+@asset(
+    **COLLECTION_LEVEL,
+    retry_policy=STORE_RETRY,
+    ins={
+        "wavelet_hashes": AssetIn(
+            partition_mapping=by_collection, metadata={"columns": list(gallery.IMAGE_COLUMNS)}
+        )
+    },
+    deps=["deduplicated_files"],
+)
+def review_gallery(
+    context: AssetExecutionContext,
+    config: GalleryConfig,
+    store: ImageStoreResource,
+    overrides: OverridesResource,
+    wavelet_hashes: pl.DataFrame,
+    local_groups: pl.DataFrame,
+    best_selection: pl.DataFrame,
+) -> pl.DataFrame:
+    """Static HTML gallery of the duplicate groups in <collection>_deduplicated/gallery/."""
+    timer = Timer(context)
+    image_store = store.get_store()
+    prefix = store.resolve_collection(context.partition_key)
+    thresholds = _stage_thresholds(context, local_groups)
+    options = gallery.GalleryOptions(
+        groups_per_page=config.groups_per_page,
+        images_per_page=config.images_per_page,
+        borderline_margin=config.borderline_margin,
+        thumb_side=config.thumb_side,
+        workers=config.workers or default_workers(),
+        title=prefix,
+    )
+    data = gallery.prepare(
+        best_selection,
+        wavelet_hashes,
+        local_groups,
+        overrides.load(context.partition_key),
+        thresholds,
+        options,
+    )
+    result = gallery.write_gallery(
+        image_store, prefix, data, thresholds=thresholds, options=options, log=context.log.info
+    )
+    preview = gallery.preview_markdown(
+        data, result.index, lambda path: gallery.tiny_data_uri(image_store, prefix, path)
+    )
+    link = (
+        MetadataValue.url(result.index)
+        if result.index.startswith(("http://", "https://"))
+        else MetadataValue.path(result.index)
+    )
+    timer.done(
+        data.members.height,
+        images_read=result.thumbnails_made + len(result.thumbnails_failed),
+        collection_images=best_selection.height,
+        models="none",
+        gallery=link,
+        preview=MetadataValue.md(preview),
+        groups=data.totals["groups"],
+        borderline_groups=data.totals["borderline_groups"],
+        pages=result.pages,
+        largest_file_bytes=result.largest_file[1],
+        thumbnails_made=result.thumbnails_made,
+        thumbnails_reused=result.thumbnails_cached,
+        thumbnails_failed=len(result.thumbnails_failed),
+    )
+    return result.groups.select(
+        pl.lit(context.partition_key).alias("collection"),
+        "group_id",
+        "rank",
+        "page",
+        "group_size",
+        "weakest_margin",
+        "borderline",
+        "keeper_path",
+    )
+
+
 ALL_ASSETS = [
     blob_inventory,
     wavelet_hashes,
@@ -637,4 +759,5 @@ ALL_ASSETS = [
     best_selection,
     deduplicated_files,
     image_report,
+    review_gallery,
 ]

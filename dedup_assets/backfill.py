@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import urllib.request
 
-ASSETS = [
-    "blob_inventory",
-    "wavelet_hashes",
-    "color_groups",
-    "global_groups",
-    "local_groups",
-    "best_selection",
-    "deduplicated_files",
-    "image_report",
-]
+
+
+def _asset_names() -> list[str]:
+    from .assets import ALL_ASSETS
+
+    return [a.key.path[-1] for a in ALL_ASSETS]
 
 
 class GraphQLError(RuntimeError):
@@ -78,7 +74,7 @@ def launch_backfill(url: str, collections: list[str]) -> str:
         {
             "params": {
                 "partitionNames": collections,
-                "assetSelection": [{"path": [a]} for a in ASSETS],
+                "assetSelection": [{"path": [a]} for a in _asset_names()],
                 "title": "dedup-assets backfill",
             }
         },

@@ -20,7 +20,7 @@ from dagster import Definitions, EnvVar, in_process_executor
 from .assets import ALL_ASSETS
 from .io_manager import DedupDuckDBIOManager
 from .jobs import JOBS
-from .resources import EmbedderResource, LocalFolderStoreResource
+from .resources import EmbedderResource, LocalFolderStoreResource, OverridesResource
 from .sensors import collection_discovery_sensor, dedup_progress_sensor, inventory_rescan_schedule
 
 DEFAULTS = {
@@ -44,6 +44,7 @@ def build_resources(
     return {
         "store": LocalFolderStoreResource(root=source_root, output_root=output_root),
         "io_manager": DedupDuckDBIOManager(database=database, schema="dedup"),
+        "overrides": OverridesResource(database=database, schema_name="dedup"),
         "embedder": embedder
         or EmbedderResource(
             model_name=EnvVar("DEDUP_CLIP_MODEL"),

@@ -297,6 +297,8 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
             clauses.append(f"t.{quote_ident(match)} = ?")
             params.append(step_key.keys_by_dimension[match])
         where = f" where {' and '.join(clauses)}" if clauses else ""
+        columns = (context.definition_metadata or {}).get("columns")
+        select = ", ".join(f"t.{quote_ident(c)}" for c in columns) if columns else "t.*"
         with locked_connection(
             self.database, read_only=True, timeout_s=self.lock_timeout_s, log=context.log
         ) as (con, _):
@@ -310,4 +312,4 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
                     f"table {self.schema_}.{table} does not exist in {self.database}: "
                     f"materialise {table} first"
                 )
-            return con.execute(f"select t.* from {target} t{where}", params).pl()
+            return con.execute(f"select {select} from {target} t{where}", params).pl()

@@ -26,6 +26,7 @@ dedup_job = define_asset_job(
         "best_selection",
         "deduplicated_files",
         "image_report",
+        "review_gallery",
     ],
     description="Everything after stage 1 for one collection: pairs, groups, keepers, copies, report.",
 )

@@ -6,9 +6,12 @@ Thin wrappers: the real work lives in :mod:`dedup_assets.core`.
 
 from abc import ABC, abstractmethod
 
+import polars as pl
 from dagster import ConfigurableResource
+from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
+from .core import overrides
 from .core.embeddings import Embedder, load_embedder
 from .core.store import ImageStore, LocalFolderStore, StoreError, collection_slug
 
@@ -77,3 +80,16 @@ class EmbedderResource(ConfigurableResource):
                 cache_dir=self.cache_dir,
             )
         return self._embedder
+
+
+class OverridesResource(DuckDBResource):
+    """The analysts' ``overrides`` table in the results database (created when missing)."""
+
+    schema_name: str = Field(default="dedup", description="Schema holding the overrides table.")
+
+    def load(self, collection: str) -> pl.DataFrame:
+        """The collection's overrides, latest row per pair (see :mod:`dedup_assets.core.overrides`)."""
+        from .io_manager import locked_connection  # the same writer lock as the IO manager
+
+        with locked_connection(self.database) as (con, _):
+            return overrides.load_overrides(con, collection, self.schema_name)

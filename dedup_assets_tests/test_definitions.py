@@ -18,6 +18,7 @@ STAGES = [
     "best_selection",
     "deduplicated_files",
     "image_report",
+    "review_gallery",
 ]
 
 

@@ -3,6 +3,10 @@
 Groups are the connected components of the verified edges. The keeper is the image with the
 highest quality score; ties are broken by pixel count, then file size, then path, so the same
 inputs always give the same keeper.
+
+Cannot-link constraints (analyst overrides, :mod:`dedup_assets.core.overrides`) are honoured
+by merging edges in the given order and refusing any edge that would join two images that
+must stay apart; without constraints the order does not matter.
 """
 
 from __future__ import annotations
@@ -39,12 +43,52 @@ class UnionFind:
                 self.parent[ra] = rb
 
 
-def components(n: int, edges: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Component label per node: the smallest node index in its component."""
+def components(
+    n: int,
+    edges: Sequence[tuple[int, int]],
+    cannot_link: Sequence[tuple[int, int]] = (),
+) -> np.ndarray:
+    """Component label per node: the smallest node index in its component.
+
+    With ``cannot_link`` pairs, edges are merged in order and an edge joining two components
+    that hold a cannot-link pair is skipped (see :func:`constrained_components`).
+    """
+    if cannot_link:
+        return constrained_components(n, edges, cannot_link)[0]
     uf = UnionFind(n)
     for a, b in edges:
         uf.union(int(a), int(b))
     return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+
+
+def constrained_components(
+    n: int,
+    edges: Sequence[tuple[int, int]],
+    cannot_link: Sequence[tuple[int, int]],
+) -> tuple[np.ndarray, int]:
+    """Labels as :func:`components`, and how many edges were refused by ``cannot_link``."""
+    uf = UnionFind(n)
+    apart: dict[int, set[int]] = {}  # root -> nodes that must not join its component
+    for a, b in cannot_link:
+        apart.setdefault(int(a), set()).add(int(b))
+        apart.setdefault(int(b), set()).add(int(a))
+    refused = 0
+    for a, b in edges:
+        ra, rb = uf.find(int(a)), uf.find(int(b))
+        if ra == rb:
+            continue
+        fa, fb = apart.get(ra, set()), apart.get(rb, set())
+        if any(uf.find(x) == rb for x in fa) or any(uf.find(x) == ra for x in fb):
+            refused += 1
+            continue
+        uf.union(ra, rb)
+        root = uf.find(ra)
+        merged = fa | fb
+        apart.pop(ra, None)
+        apart.pop(rb, None)
+        if merged:
+            apart[root] = merged
+    return np.array([uf.find(i) for i in range(n)], dtype=np.int64), refused
 
 
 def group_id(member_paths: Sequence[str], namespace: str | None = None) -> str:
@@ -66,6 +110,7 @@ class Selection:
     group_size: list[int]
     status: list[str]
     keeper: list[str | None]
+    refused_edges: int = 0
 
 
 def select_keepers(
@@ -75,17 +120,23 @@ def select_keepers(
     pixels: Sequence[int],
     file_size: Sequence[int],
     edges: Sequence[tuple[int, int]],
+    cannot_link: Sequence[tuple[int, int]] = (),
     namespace: str | None = None,
 ) -> Selection:
     """Status, group and keeper for every image.
 
     ``edges`` join indexes into ``paths``; edges touching an image that is not ``ok`` are
     ignored (an unreadable image is never grouped). Unreadable images get status ``Error``.
+    ``cannot_link`` pairs never end up in one group (edges merged in order, see
+    :func:`constrained_components`).
     """
     n = len(paths)
     ok_arr = np.asarray(ok, dtype=bool)
     good = [(a, b) for a, b in edges if ok_arr[a] and ok_arr[b]]
-    label = components(n, good)
+    if cannot_link:
+        label, refused = constrained_components(n, good, cannot_link)
+    else:
+        label, refused = components(n, good), 0
     members: dict[int, list[int]] = {}
     for i in range(n):
         if ok_arr[i]:
@@ -103,7 +154,7 @@ def select_keepers(
             size[i] = len(idxs)
             keeper[i] = paths[best]
             status[i] = "Unique" if len(idxs) == 1 else ("Best" if i == best else "Duplicate")
-    return Selection(gid, size, status, keeper)
+    return Selection(gid, size, status, keeper, refused)
 
 
 def mean_correlation_in_groups(hists: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:
