@@ -39,6 +39,7 @@ from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.stage1 import analyse_collection
+from .core.local_features import DEFAULT_MIN_INLIERS
 from .core.verify import global_similarities, local_inliers
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
@@ -243,7 +244,15 @@ class CandidateConfig(Config):
         default=16, description="Hash neighbours searched per image and per variant."
     )
     min_color_similarity: float = Field(
-        default=0.6, description="Pairs below this colour similarity are dropped."
+        default=0.6, description="Pairs below this colour similarity are dropped..."
+    )
+    recolour_hamming: int = Field(
+        default=4,
+        description=(
+            "...unless their hashes lie within this many bits: the hash reads luminance "
+            "structure only, so recoloured copies (hue shift, sepia, saturation) keep it; such "
+            "pairs go on to the embedding and keypoint checks whatever their colour (-1: off)."
+        ),
     )
 
 
@@ -308,6 +317,8 @@ def color_groups(
         pairs,
         color_similarity=colour,
         color_kept=colour >= config.min_color_similarity,
+    ).with_columns(
+        color_kept=pl.col("color_kept") | (pl.col("hamming") <= config.recolour_hamming)
     ).sort(PAIR_KEY)
     timer.done(
         images.height,
@@ -327,14 +338,32 @@ class GlobalConfig(Config):
         default=0.85, description="Cosine similarity needed between CLIP embeddings."
     )
     min_descriptor_similarity: float = Field(
-        default=0.60,
-        description="Cosine similarity needed with the weight-free descriptor (no CLIP weights).",
+        default=0.50,
+        description=(
+            "Cosine similarity needed with the weight-free descriptor (no CLIP weights); low on "
+            "purpose: the keypoint stage decides, this only bounds its work."
+        ),
     )
     discover_neighbours: int = Field(
-        default=8, description="Embedding neighbours searched to discover new pairs (0: off)."
+        default=8,
+        description=(
+            "Embedding neighbours searched per image (and per mirror view) to discover pairs "
+            "the hash missed (crops, captions, letterboxes); 0: off. Discovery embeds every "
+            "readable image. Discovered pairs need the same similarity as the others."
+        ),
     )
-    min_discover_similarity: float = Field(
-        default=0.95, description="Similarity needed for a discovered pair to enter verification."
+    discover_mirror: bool = Field(
+        default=True, description="Also search with each image's mirror view."
+    )
+    rotation_neighbours: int = Field(
+        default=4,
+        description=(
+            "Neighbours searched per image with the rotation-invariant descriptor, to discover "
+            "copies turned by any angle (0: off). Such pairs go on to the keypoint check."
+        ),
+    )
+    min_rotation_similarity: float = Field(
+        default=0.93, description="Rotation-descriptor similarity needed for such a pair."
     )
     workers: int = Field(default=0, description="Decode processes (0: one per core).")
 
@@ -363,17 +392,22 @@ def global_groups(
     kept = color_groups.filter(pl.col("color_kept"))
     exact = kept.filter(pl.col("source") == "exact")
     todo = _pairs_from_frame(kept.filter(pl.col("source") != "exact"), index)
-    sims, found, found_sims, stats = global_similarities(
+    res = global_similarities(
         todo,
         paths,
         store.get_store(),
         store.resolve_collection(context.partition_key),
         model,
         hashes=images["whash"].to_numpy(),
+        discover_from=range(len(paths)),
         discover_k=config.discover_neighbours,
-        discover_threshold=max(config.min_discover_similarity, threshold),
+        discover_threshold=threshold,
+        discover_views=(0, 1) if config.discover_mirror else (0,),
+        rotation_k=config.rotation_neighbours,
+        rotation_threshold=config.min_rotation_similarity,
         workers=config.workers or default_workers(),
     )
+    stats, found = res.stats, res.found
     for path, err in stats.read_errors.items():
         context.log.warning(f"global stage could not read {path!r}: {err}")
     found_colour = colour_scores(found, _signatures(images)) if found else np.zeros(0, np.float32)
@@ -384,23 +418,33 @@ def global_groups(
                 paths,
                 todo,
                 color_similarity=kept.filter(pl.col("source") != "exact")["color_similarity"],
-                global_similarity=sims,
+                global_similarity=res.similarity,
+                rotation_similarity=res.rotation_similarity,
             ),
             _pairs_frame(
                 context.partition_key,
                 paths,
                 found,
                 color_similarity=found_colour,
-                global_similarity=found_sims,
+                global_similarity=res.found_similarity,
+                rotation_similarity=res.found_rotation_similarity,
             ),
         ],
         how="vertical_relaxed",
     )
-    checked = checked.with_columns(global_kept=pl.col("global_similarity") >= threshold)
+    checked = checked.with_columns(
+        global_kept=(pl.col("global_similarity") >= threshold)
+        | (
+            (pl.col("source") == "rotation")
+            & (pl.col("rotation_similarity") >= config.min_rotation_similarity)
+        )
+    )
     frame = pl.concat(
         [
             exact.select(*checked.columns[:7]).with_columns(
-                global_similarity=pl.lit(1.0, pl.Float32), global_kept=pl.lit(True)
+                global_similarity=pl.lit(1.0, pl.Float32),
+                rotation_similarity=pl.lit(1.0, pl.Float32),
+                global_kept=pl.lit(True),
             ),
             checked,
         ],
@@ -413,7 +457,8 @@ def global_groups(
         collection_images=_inventory_size(wavelet_hashes),
         models=f"{info.kind}:{info.model}:{info.weights}",
         pairs_checked=len(todo),
-        pairs_discovered=len(found),
+        pairs_discovered=sum(p.source == "global" for p in found),
+        pairs_discovered_rotation=sum(p.source == "rotation" for p in found),
         kept_pairs=int(frame["global_kept"].sum()),
         embedder_kind=info.kind,
         embedder_model=info.model,
@@ -427,7 +472,8 @@ def global_groups(
 
 class LocalConfig(Config):
     min_inliers: int = Field(
-        default=25, description="RANSAC inliers of ORB matches needed to confirm a pair."
+        default=DEFAULT_MIN_INLIERS,
+        description="RANSAC inliers of ORB matches needed to confirm a pair.",
     )
     n_features: int = Field(default=1000, description="ORB keypoints per image.")
     workers: int = Field(default=0, description="Processes (0: one per core).")

@@ -20,7 +20,7 @@ import numpy as np
 from .color import ColorSignature, color_similarity
 from .hashing import invert_dihedral
 
-PAIR_SOURCES = ("exact", "hash", "global")
+PAIR_SOURCES = ("exact", "hash", "global", "rotation")
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ import cv2
 import faiss
 import numpy as np
 
+from .borders import trim_uniform_borders
 from .candidates import Pair
 from .decode import decode_image
 from .embeddings import Embedder
-from .hashing import apply_dihedral, hamming
+from .hashing import apply_dihedral, hamming, invert_dihedral
 from .local_features import LocalFeatures, extract_features, match_inliers
 from .parallel import ordered_map
+from .rotation import rotation_descriptor
 from .store import ImageStore
 
 GLOBAL_SIDE = 256
@@ -44,7 +46,10 @@ def _views_rgb(
         rgb = decode_image(store.read_bytes(collection, path), target_side=GLOBAL_SIDE).rgb
     except Exception as exc:  # noqa: BLE001 - reported per image by the caller
         return f"{type(exc).__name__}: {exc}"
-    return {k: np.ascontiguousarray(apply_dihedral(rgb, k)) for k in transforms}
+    rgb = trim_uniform_borders(rgb)  # letterbox bars are not content
+    views: dict = {k: np.ascontiguousarray(apply_dihedral(rgb, k)) for k in transforms}
+    views["rotation"] = rotation_descriptor(np.ascontiguousarray(rgb))
+    return views
 
 
 def _views_features(
@@ -84,21 +89,33 @@ def global_similarities(
     embedder: Embedder,
     *,
     hashes: np.ndarray,
+    discover_from: Sequence[int] = (),
     discover_k: int = 0,
     discover_threshold: float = 1.0,
+    discover_views: Sequence[int] = (0, 1),
+    rotation_k: int = 0,
+    rotation_threshold: float = 1.0,
     workers: int | None = None,
     batch_size: int = 64,
-) -> tuple[np.ndarray, list[Pair], np.ndarray, StageStats]:
+) -> GlobalResult:
     """Cosine similarity of each pair's embeddings, plus pairs discovered by embedding kNN.
 
-    Returns ``(similarity per input pair, discovered pairs, their similarity, stats)``.
-    Discovery searches the ``discover_k`` nearest neighbours (inner product on normalised
-    vectors) among the images read here and proposes those above ``discover_threshold``
-    that are not already paired. A pair whose image cannot be read scores NaN.
+    Discovery embeds every image of ``discover_from`` (uniform borders trimmed), and for each
+    of its ``discover_views`` (dihedral transforms: identity and mirror by default) searches
+    the ``discover_k`` nearest identity embeddings (inner product on normalised vectors, exact
+    faiss search), proposing those at or above ``discover_threshold`` that are not already
+    paired: at most ``discover_k`` per image and view. Every image read also gets a
+    rotation-invariant descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or
+    above ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
+    image cannot be read scores NaN.
     """
     stats = StageStats()
     views = needed_views(pairs)
+    if discover_k > 0:
+        for i in discover_from:
+            views.setdefault(int(i), set()).update(discover_views)
     emb: dict[tuple[int, int], np.ndarray] = {}
+    rot: dict[int, np.ndarray] = {}
     batch_keys: list[tuple[int, int]] = []
     batch_imgs: list[np.ndarray] = []
 
@@ -116,6 +133,7 @@ def global_similarities(
         if isinstance(result, str):
             stats.read_errors[paths[i]] = result
             continue
+        rot[i] = result.pop("rotation")
         for k, img in result.items():
             batch_keys.append((i, k))
             batch_imgs.append(img)
@@ -130,25 +148,73 @@ def global_similarities(
             sims[n] = float(np.dot(ea.astype(np.float32), eb.astype(np.float32)))
 
     found: list[Pair] = []
-    found_sims: list[float] = []
-    base = sorted(i for (i, k) in emb if k == 0)
-    if discover_k > 0 and len(base) > 1:
-        mat = np.stack([emb[(i, 0)] for i in base]).astype(np.float32)
-        index = faiss.IndexFlatIP(mat.shape[1])
-        index.add(mat)
-        d, nn = index.search(mat, min(len(base), discover_k + 1))
-        known = {(p.a, p.b) for p in pairs}
-        for qi, i in enumerate(base):
+    if discover_k > 0:
+        found += _discover(emb, pairs, discover_k, discover_threshold, discover_views, "global")
+    if rotation_k > 0:
+        rot_emb = {(i, 0): v for i, v in rot.items()}
+        found += _discover(rot_emb, list(pairs) + found, rotation_k, rotation_threshold, (0,), "rotation")
+    found = [Pair(p.a, p.b, p.source, hamming(int(hashes[p.a]), int(hashes[p.b])), p.transform) for p in found]
+
+    def cos(table: dict, a: int, ka, b: int, kb) -> float:
+        ea, eb = table.get((a, ka) if ka is not None else a), table.get((b, kb) if kb is not None else b)
+        if ea is None or eb is None:
+            return float("nan")
+        return float(np.dot(ea.astype(np.float32), eb.astype(np.float32)))
+
+    return GlobalResult(
+        similarity=sims,
+        rotation_similarity=np.array([cos(rot, p.a, None, p.b, None) for p in pairs], np.float32),
+        found=found,
+        found_similarity=np.array([cos(emb, p.a, p.transform, p.b, 0) for p in found], np.float32),
+        found_rotation_similarity=np.array([cos(rot, p.a, None, p.b, None) for p in found], np.float32),
+        stats=stats,
+    )
+
+
+@dataclass
+class GlobalResult:
+    similarity: np.ndarray  # per input pair, main embedder
+    rotation_similarity: np.ndarray  # per input pair, rotation-invariant descriptor
+    found: list[Pair]  # discovered pairs (source "global" or "rotation")
+    found_similarity: np.ndarray
+    found_rotation_similarity: np.ndarray
+    stats: StageStats
+
+
+def _discover(
+    emb: dict[tuple[int, int], np.ndarray],
+    pairs: Sequence[Pair],
+    k: int,
+    threshold: float,
+    query_views: Sequence[int],
+    source: str,
+) -> list[Pair]:
+    """New pairs among the ``k`` nearest identity embeddings of each image's query views."""
+    base = sorted(i for (i, t) in emb if t == 0)
+    if len(base) < 2:
+        return []
+    index = faiss.IndexFlatIP(len(emb[(base[0], 0)]))
+    index.add(np.stack([emb[(i, 0)] for i in base]).astype(np.float32))
+    known = {(p.a, p.b) for p in pairs}
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    for view in query_views:
+        queries = [i for i in base if (i, view) in emb]
+        if not queries:
+            continue
+        mat = np.stack([emb[(i, view)] for i in queries]).astype(np.float32)
+        d, nn = index.search(mat, min(len(base), k + 1))
+        for qi, i in enumerate(queries):
             for s, j in zip(d[qi], nn[qi]):
-                if j < 0 or s < discover_threshold:
+                if j < 0 or s < threshold or base[j] == i:
                     continue
-                a, b = sorted((i, base[j]))
-                if a == b or (a, b) in known:
+                j = base[j]
+                # view(image i) ≈ image j
+                key, t = ((i, j), view) if i < j else ((j, i), invert_dihedral(view))
+                if key in known:
                     continue
-                known.add((a, b))
-                found.append(Pair(a, b, "global", hamming(int(hashes[a]), int(hashes[b])), 0))
-                found_sims.append(float(s))
-    return sims, found, np.asarray(found_sims, dtype=np.float32), stats
+                if key not in best or s > best[key][0]:
+                    best[key] = (float(s), t)
+    return [Pair(a, b, source, -1, t) for (a, b), (_, t) in sorted(best.items())]
 
 
 def local_inliers(
