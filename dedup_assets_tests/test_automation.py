@@ -12,8 +12,8 @@ from dagster import (
     SkipReason,
     build_schedule_context,
     build_sensor_context,
-    instance_for_test,
 )
+from dagster._core.instance.ref import InstanceRef
 from PIL import ImageOps
 
 from dedup_assets.assets import ALL_ASSETS
@@ -54,8 +54,10 @@ def test_new_collections_and_new_blobs_are_processed_without_a_person(tmp_path):
     db = out / "results.duckdb"
     resources = build_resources(source_root=str(root), output_root=str(out), database=str(db))
     defs = Definitions(assets=ALL_ASSETS, jobs=JOBS, resources=resources)
-    with instance_for_test() as instance:
-        _scenario(root, out, db, defs, instance)
+    # an on-disk instance in tmp_path (kept for the session): schedule contexts need its ref
+    home = tmp_path / "dagster"
+    home.mkdir()
+    _scenario(root, out, db, defs, DagsterInstance.from_ref(InstanceRef.from_dir(str(home))))
 
 
 def _scenario(root, out, db, defs, instance):

@@ -5,6 +5,7 @@ the daemon, its four stage-1 shard runs at once, with no DuckDB lock error in an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +20,8 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.instance.ref import InstanceRef
 from PIL import ImageOps
 
-from dedup_assets.backfill import add_collections, backfill_status, launch_backfill, repositories
+from dedup_assets.backfill import backfill_status, repositories
+from dedup_assets.cli import main
 from dedup_assets.core.sample import _jpeg, load_photo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +68,7 @@ def _hold_duckdb_until_four_shard_runs_wait(instance, db: Path, backfill_id: str
 
 
 @pytest.mark.skipif(not DAGSTER.exists(), reason="dagster CLI not installed next to python")
-def test_dagster_dev_backfill_of_two_collections(tmp_path):
+def test_dagster_dev_backfill_of_two_collections(tmp_path, capsys):
     home, src, out = tmp_path / "home", tmp_path / "src", tmp_path / "out"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
@@ -115,8 +117,10 @@ def test_dagster_dev_backfill_of_two_collections(tmp_path):
         }
         assert [s["name"] for s in repo["schedules"]] == ["inventory_rescan_schedule"]
 
-        add_collections(url, ["alpha", "beta"])
-        backfill_id = launch_backfill(url, ["alpha", "beta"])
+        # the README's command line (it adds the partitions, then launches the backfill)
+        assert main(["backfill", "alpha", "beta", "--url", url]) == 0
+        printed = capsys.readouterr().out
+        backfill_id = re.search(r"backfill (\S+) launched for alpha, beta", printed).group(1)
         instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
         _hold_duckdb_until_four_shard_runs_wait(instance, out / "results.duckdb", backfill_id)
         deadline = time.time() + 400
