@@ -188,9 +188,9 @@ def test_ground_truth_is_written(sample):
 TABLE_KEYS = {
     "blob_inventory": ["collection", "path"],
     "wavelet_hashes": ["collection", "path"],
-    "color_groups": ["collection", "path_a", "path_b"],
-    "global_groups": ["collection", "path_a", "path_b"],
-    "local_groups": ["collection", "path_a", "path_b"],
+    "color_groups": ["collection", "path_a", "path_b", "source"],
+    "global_groups": ["collection", "path_a", "path_b", "source"],
+    "local_groups": ["collection", "path_a", "path_b", "source"],
     "best_selection": ["collection", "path"],
     "deduplicated_files": ["collection", "path"],
     "image_report": ["collection", '"Image Path"'],
