@@ -92,45 +92,57 @@ def _inventory_size(wavelet_hashes: pl.DataFrame) -> int:
 # --------------------------------------------------------------------------- inventory
 
 
+INVENTORY_SCHEMA = {
+    "path": pl.String,
+    "size": pl.Int64,
+    "etag": pl.String,
+    "last_modified": pl.Float64,
+    "content_md5": pl.String,
+    "shard": pl.String,
+}
+INVENTORY_BATCH = 20_000
+
+
 @asset(**PARTITIONED, retry_policy=STORE_RETRY)
 def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) -> pl.DataFrame:
-    """One row per image file of the collection (recognised by extension or content),
-    with the shard that analyses it; per-shard fingerprints go to the metadata."""
+    """One row per image file of the collection (recognised by extension or content), with
+    the shard that analyses it; per-shard fingerprints go to the metadata.
+
+    The listing streams page by page into columnar batches: never all blobs as Python objects.
+    """
     timer = Timer(context)
     prefix = store.resolve_collection(context.partition_key)
-    rows = [
-        (b.path, b.size, b.etag, b.last_modified, b.content_md5, shard_of(b.path, N_SHARDS))
-        for b in store.get_store().iter_blobs(prefix)
-    ]
-    frame = pl.DataFrame(
-        rows,
-        schema={
-            "path": pl.String,
-            "size": pl.Int64,
-            "etag": pl.String,
-            "last_modified": pl.Float64,
-            "content_md5": pl.String,
-            "shard": pl.String,
-        },
-        orient="row",
-    ).with_columns(
+    image_store = store.get_store()
+    frames, rows = [], []
+    for b in image_store.iter_blobs(prefix):
+        rows.append(
+            (b.path, b.size, b.etag, b.last_modified, b.content_md5, shard_of(b.path, N_SHARDS))
+        )
+        if len(rows) >= INVENTORY_BATCH:
+            frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+            rows = []
+            context.log.info(f"inventory: {sum(f.height for f in frames)} images so far")
+    frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+    frame = pl.concat(frames, rechunk=True).with_columns(
         collection=pl.lit(context.partition_key), prefix=pl.lit(prefix)
     )
-    by_shard = {k: [] for k in SHARD_KEYS}
-    for path, size, etag, *_rest, shard in rows:
-        by_shard[shard].append((path, size, etag))
+    shards = {
+        k: frame.filter(pl.col("shard") == k).select("path", "size", "etag") for k in SHARD_KEYS
+    }
     timer.done(
         frame.height,
         images_read=0,
         collection_images=frame.height,
         models="none",
         prefix=prefix,
-        store=store.get_store().describe(),
+        store=image_store.describe(),
         shards=N_SHARDS,
-        shard_images=MetadataValue.json({k: len(v) for k, v in by_shard.items()}),
-        shard_fingerprints=MetadataValue.json({k: fingerprint(v) for k, v in by_shard.items()}),
+        shard_images=MetadataValue.json({k: v.height for k, v in shards.items()}),
+        shard_fingerprints=MetadataValue.json(
+            {k: fingerprint(v.iter_rows()) for k, v in shards.items()}
+        ),
     )
-    return frame.select("collection", "prefix", *[c for c in frame.columns if c not in ("collection", "prefix")])
+    return frame.select("collection", "prefix", *INVENTORY_SCHEMA)
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -629,8 +641,10 @@ def deduplicated_files(
     )
     progress = Progress(context, f"copies {context.partition_key}", todo.height)
     actions = []
-    for path, dest, md5 in todo.select("path", "dest", "content_md5").iter_rows():
-        actions.append(image_store.copy_to_output(prefix, path, dest, md5))
+    for action in image_store.copy_many(
+        prefix, todo.select("path", "dest", "content_md5").iter_rows()
+    ):
+        actions.append(action)
         progress.update(len(actions))
     expected = set(todo["dest"].to_list())
     stale = [

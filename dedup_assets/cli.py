@@ -2,13 +2,16 @@
 
 ``run`` materialises the whole asset graph in-process for one folder (one collection). Its
 Dagster instance and DuckDB file live in ``OUT_DIR/.dedup_state/`` so that results stay
-queryable and a second run finds the first one's state.
+queryable and a second run finds the first one's state. ``run az://CONTAINER/PREFIX`` does
+the same for a prefix of an Azure Blob Storage container (account and credentials from the
+environment, see README); its state goes to ``./.dedup_state/<container>-<prefix>/``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 import time
 from collections import Counter
@@ -26,6 +29,28 @@ def _say(message: str) -> None:
     print(f"dedup-assets: {message}", file=sys.stderr, flush=True)
 
 
+def _materialise(resources: dict, key: str, state: Path, *, workers, verbose, run_config):
+    """Every asset of collection ``key`` (see :mod:`.runner`), with the Dagster instance in
+    ``state/dagster``: it says which shards are already analysed, so a killed run started
+    again resumes where it stopped. Returns a ``CollectionRun``."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    from .runner import materialize_collection
+
+    (state / "dagster").mkdir(parents=True, exist_ok=True)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
+    op_config: dict = {}
+    if workers:
+        for name in ("wavelet_hashes", "global_groups", "local_groups"):
+            op_config[name] = {"workers": workers}
+    for op, extra in (run_config or {}).get("ops", {}).items():
+        op_config.setdefault(op, {}).update(extra["config"])
+    return materialize_collection(
+        instance, key, resources, op_config=op_config, verbose=verbose, say=_say
+    )
+
+
 def run_collection(
     source: Path,
     out: Path,
@@ -34,16 +59,11 @@ def run_collection(
     embedder=None,
     verbose: bool = False,
     run_config: dict | None = None,
+    state: Path | None = None,
 ):
-    """Materialise every asset for ``source`` as one collection (see :mod:`.runner`); the
-    Dagster instance under ``OUT/.dedup_state`` says which shards are already analysed, so
-    a killed run started again resumes where it stopped. Returns a ``CollectionRun``."""
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
-
+    """Materialise every asset for ``source`` as one collection; returns a ``CollectionRun``."""
     from .core.store import collection_slug
     from .definitions import build_resources
-    from .runner import materialize_collection
 
     source, out = source.resolve(), out.resolve()
     if not source.is_dir():
@@ -55,24 +75,91 @@ def run_collection(
             f"dedup-assets: the output {out} lies inside the source {source}; "
             "the source collection is never written to"
         )
-    state = _state_dir(out)
-    (state / "dagster").mkdir(parents=True, exist_ok=True)
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
-    key = collection_slug(source.name)
-    op_config: dict = {}
-    if workers:
-        for name in ("wavelet_hashes", "global_groups", "local_groups"):
-            op_config[name] = {"workers": workers}
-    for op, extra in (run_config or {}).get("ops", {}).items():
-        op_config.setdefault(op, {}).update(extra["config"])
+    state = state or _state_dir(out)
     resources = build_resources(
         source_root=str(source.parent),
         output_root=str(out),
         database=str(state / "dedup_assets.duckdb"),
         embedder=embedder,
     )
-    return materialize_collection(
-        instance, key, resources, op_config=op_config, verbose=verbose, say=_say
+    return _materialise(
+        resources,
+        collection_slug(source.name),
+        state,
+        workers=workers,
+        verbose=verbose,
+        run_config=run_config,
+    )
+
+
+def azure_target(source: str, output: str | None = None):
+    """The Azure store resource and collection for ``az://CONTAINER/PREFIX`` (and ``--output``)."""
+    import os
+
+    from .core.azure_store import parse_az_url
+    from .definitions import azure_store_from_env
+
+    try:
+        container, prefix = parse_az_url(source)
+        out_container, out_prefix = parse_az_url(output) if output else (None, None)
+    except ValueError as exc:
+        raise SystemExit(f"dedup-assets: {exc}") from None
+    if not prefix:
+        raise SystemExit("dedup-assets: give the collection's prefix: az://CONTAINER/PREFIX")
+    if (out_container or container) == container and out_prefix is not None:
+        if out_prefix == prefix or out_prefix.startswith(prefix + "/"):
+            raise SystemExit(
+                f"dedup-assets: the output {output} lies inside the source {source}; "
+                "the source collection is never written to"
+            )
+    if not (os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or os.environ.get("DEDUP_AZURE_ACCOUNT_URL")):
+        raise SystemExit(
+            "dedup-assets: set AZURE_STORAGE_CONNECTION_STRING, or DEDUP_AZURE_ACCOUNT_URL with "
+            "AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or a DefaultAzureCredential login"
+        )
+    parent, _, name = prefix.rpartition("/")
+    store = azure_store_from_env(
+        container=container,
+        prefix=parent,
+        collections=[name],
+        output_container=out_container,
+        output_prefix=out_prefix,
+    )
+    return store, name
+
+
+def default_azure_state(source: str) -> Path:
+    from .core.store import collection_slug
+
+    return Path(".dedup_state") / collection_slug(source[len("az://"):])
+
+
+def run_azure_collection(
+    source: str,
+    output: str | None = None,
+    *,
+    state: Path | None = None,
+    workers: int = 0,
+    embedder=None,
+    verbose: bool = False,
+    run_config: dict | None = None,
+):
+    """Materialise every asset for the Azure prefix ``source`` (``az://CONTAINER/PREFIX``)."""
+    from .core.store import collection_slug
+    from .definitions import build_resources
+
+    store, name = azure_target(source, output)
+    state = (state or default_azure_state(source)).resolve()
+    resources = build_resources(
+        store=store, database=str(state / "dedup_assets.duckdb"), embedder=embedder
+    )
+    return _materialise(
+        resources,
+        collection_slug(name),
+        state,
+        workers=workers,
+        verbose=verbose,
+        run_config=run_config,
     )
 
 
@@ -92,10 +179,7 @@ def _copy_counts(result) -> str:
     return "none"
 
 
-def _summary(source: Path, out: Path, seconds: float, copies: str = "", shards: str = "") -> str:
-    path = report_path(source, out)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+def _summary(rows: list[dict], seconds: float, copies: str, report: str, shards: str = "") -> str:
     status = Counter(r["Status"] for r in rows)
     groups = len({r["Group ID"] for r in rows if r["Status"] in ("Best", "Duplicate")})
     return "\n".join(
@@ -108,16 +192,28 @@ def _summary(source: Path, out: Path, seconds: float, copies: str = "", shards: 
             f"copies:     {copies}",
             f"shards:     {shards}",
             f"time:       {seconds:.1f} s",
-            f"report:     {path}",
+            f"report:     {report}",
         ]
     )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .core.report import REPORT_NAME
+
     start = time.perf_counter()
-    result = run_collection(
-        Path(args.source), Path(args.output), workers=args.workers, verbose=args.verbose
-    )
+    state = Path(args.state) if args.state else None
+    azure = args.source.startswith("az://")
+    if azure:
+        result = run_azure_collection(
+            args.source, args.output, state=state, workers=args.workers, verbose=args.verbose
+        )
+    else:
+        if not args.output or args.output.startswith("az://"):
+            raise SystemExit("dedup-assets: a folder source needs --output OUT_DIR (a folder)")
+        result = run_collection(
+            Path(args.source), Path(args.output), workers=args.workers, verbose=args.verbose,
+            state=state,
+        )
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
@@ -125,8 +221,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("dedup-assets: the run failed", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
+    if azure:
+        store, name = azure_target(args.source, args.output)
+        with store.process_config_and_initialize_cm() as ready:  # EnvVars resolved
+            image_store = ready.get_store()
+            text = image_store.read_output(name, REPORT_NAME).decode("utf-8")
+            report = f"{image_store.output_location(name)}/{REPORT_NAME}"
+    else:
+        report = str(report_path(Path(args.source), Path(args.output)))
+        text = Path(report).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     shards = f"{result.shards} ({result.resumed} already analysed)"
-    print(_summary(Path(args.source), Path(args.output), seconds, _copy_counts(result), shards))
+    print(_summary(rows, seconds, _copy_counts(result), report, shards))
     return 0
 
 
@@ -147,6 +253,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         make_sample_collection(source)
         print(f"sample collection written to {source}")
     args.source, args.output = str(source), str(Path(args.data) / "output")
+    args.state = None
     return _cmd_run(args)
 
 
@@ -175,8 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="deduplicate one folder (one collection)")
-    run.add_argument("source", help="folder of images (searched recursively)")
-    run.add_argument("--output", required=True, help="folder receiving <name>_deduplicated/")
+    run.add_argument(
+        "source", help="folder of images, or az://CONTAINER/PREFIX (searched recursively)"
+    )
+    run.add_argument(
+        "--output",
+        help="folder receiving <name>_deduplicated/ (required for a folder); for az:// sources "
+        "az://CONTAINER/PREFIX (default: beside the source in its container)",
+    )
+    run.add_argument(
+        "--state",
+        help="folder for the Dagster instance and DuckDB (default: OUT_DIR/.dedup_state, or "
+        "./.dedup_state/<container>-<prefix> for az:// sources)",
+    )
     demo = sub.add_parser("demo", help="make the sample collection and deduplicate it")
     demo.add_argument("--data", default=str(DEMO_DIR), help="folder for the demo (default: data)")
     for p in (run, demo):

@@ -6,12 +6,16 @@ Thin wrappers: the real work lives in :mod:`dedup_assets.core`.
 
 from abc import ABC, abstractmethod
 
+from urllib.parse import urlsplit
+
 import polars as pl
 from dagster import ConfigurableResource
+from dagster_azure.blob import AzureBlobStorageResource
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr
 
 from .core import overrides
+from .core.azure_store import MiB, AzureAuth, AzureBlobStore, AzureLimits, strip_query
 from .core.embeddings import Embedder, load_embedder
 from .core.store import ImageStore, LocalFolderStore, StoreError, collection_slug
 
@@ -44,6 +48,84 @@ class LocalFolderStoreResource(ImageStoreResource):
 
     def get_store(self) -> ImageStore:
         return LocalFolderStore(self.root, self.output_root)
+
+
+class AzureBlobStoreResource(ImageStoreResource):
+    """Collections are prefixes of one Azure Blob Storage container.
+
+    The account is given by dagster-azure's ``AzureBlobStorageResource`` (account URL with a
+    key, a SAS token or DefaultAzureCredential) or by an Azure Storage connection string.
+    A collection is a top-level prefix below ``prefix`` (``<prefix>/<collection>/``), or one
+    of ``collections`` when that list is given. The limits hold per process.
+    """
+
+    azure: AzureBlobStorageResource | None = Field(
+        default=None, description="Account URL and credential (dagster-azure)."
+    )
+    connection_string: str | None = Field(
+        default=None,
+        description="Azure Storage connection string (AZURE_STORAGE_CONNECTION_STRING); "
+        "takes precedence over `azure`.",
+    )
+    container: str = Field(description="Container holding the collections.")
+    prefix: str = Field(default="", description="Prefix whose top-level prefixes are collections.")
+    collections: list[str] | None = Field(
+        default=None, description="Collections (below `prefix`) instead of discovering them."
+    )
+    output_container: str | None = Field(
+        default=None, description="Container receiving <collection>_deduplicated/ (default: container)."
+    )
+    output_prefix: str | None = Field(
+        default=None, description="Prefix in the output container (default: `prefix`)."
+    )
+    max_concurrency: int = Field(default=16, description="Requests in flight per process.")
+    max_mb_in_flight: int = Field(default=256, description="MiB of downloads in memory per process.")
+    max_blob_mb: int = Field(default=1024, description="Larger blobs are reported as errors.")
+    page_size: int = Field(default=1000, description="Blobs per listing page (memory ~15 KB per blob of a page).")
+    retry_total: int = Field(default=10, description="Retries per request.")
+    retry_backoff_s: float = Field(default=1.0, description="First retry backoff (doubles, jittered).")
+    retry_backoff_max_s: float = Field(default=60.0, description="Longest backoff between retries.")
+    copy_timeout_s: float = Field(default=900.0, description="Longest wait for one server-side copy.")
+
+    def auth(self) -> AzureAuth:
+        if self.connection_string:
+            return AzureAuth.from_connection_string(self.connection_string)
+        if self.azure is None:
+            raise StoreError("the Azure store needs `azure` (account URL + credential) or a connection string")
+        url, cred = self.azure.account_url, self.azure.credential
+        kind = cred.credential_type
+        if kind == "key":
+            return AzureAuth(strip_query(url), "key", cred.key)
+        if kind == "sas":
+            return AzureAuth(strip_query(url), "sas", cred.token)
+        if urlsplit(url).query:  # a SAS token in the account URL
+            return AzureAuth(strip_query(url), "sas", urlsplit(url).query)
+        if kind == "default_azure_credential":
+            return AzureAuth(url, "default", options=tuple(sorted(cred.kwargs.items())))
+        return AzureAuth(url, "anonymous")
+
+    def limits(self) -> AzureLimits:
+        return AzureLimits(
+            max_concurrency=self.max_concurrency,
+            max_bytes_in_flight=self.max_mb_in_flight * MiB,
+            max_blob_bytes=self.max_blob_mb * MiB,
+            page_size=self.page_size,
+            retry_total=self.retry_total,
+            retry_backoff=self.retry_backoff_s,
+            retry_backoff_max=self.retry_backoff_max_s,
+            copy_timeout=self.copy_timeout_s,
+        )
+
+    def get_store(self) -> ImageStore:
+        return AzureBlobStore(
+            self.auth(),
+            self.container,
+            prefix=self.prefix,
+            output_container=self.output_container,
+            output_prefix=self.output_prefix,
+            collections=tuple(self.collections) if self.collections else None,
+            limits=self.limits(),
+        )
 
 
 class EmbedderResource(ConfigurableResource):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its test dependencies. Safe to run again:
-# it does nothing when pyproject.toml has not changed since the last install.
+# Create .venv and install the project with its test dependencies, and Azurite (the Azure
+# Storage emulator the Azure tests run against) into node_modules. Safe to run again: it does
+# nothing when pyproject.toml and package-lock.json have not changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3.11}
@@ -17,3 +18,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 .venv/bin/python -c "import dedup_assets, torch, open_clip, faiss, duckdb" \
   || { rm -f "$stamp"; echo "bootstrap: the environment is broken; run again" >&2; exit 1; }
+
+# Azurite (npm package, pinned in package-lock.json) for the Azure tests.
+if [ ! -x node_modules/.bin/azurite-blob ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  if ! command -v npm >/dev/null && [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing node and npm (apt) for Azurite"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if command -v npm >/dev/null; then
+    echo "installing Azurite into node_modules (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+  else
+    echo "bootstrap: npm not found; the Azure tests need node >= 20 and npm (for Azurite)" >&2
+  fi
+fi

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -116,9 +116,21 @@ class ImageStore(ABC):
         is verified against ``content_md5``; a mismatch raises :class:`StoreError`.
         """
 
+    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str]]) -> Iterator[str]:
+        """:meth:`copy_to_output` for each ``(path, dest, content_md5)``, results in order.
+
+        Stores with a network behind them override this to run copies concurrently.
+        """
+        for path, dest, md5 in items:
+            yield self.copy_to_output(collection, path, dest, md5)
+
     @abstractmethod
     def write_output(self, collection: str, name: str, data: bytes) -> str:
         """Write a result file into the collection's output folder; returns its location."""
+
+    @abstractmethod
+    def read_output(self, collection: str, name: str) -> bytes:
+        """The content of one file of the collection's output folder."""
 
     @abstractmethod
     def list_outputs(self, collection: str, folder: str) -> list[str]:
@@ -266,6 +278,12 @@ class LocalFolderStore(ImageStore):
         tmp.write_bytes(data)
         os.replace(tmp, target)
         return str(target)
+
+    def read_output(self, collection: str, name: str) -> bytes:
+        try:
+            return self._dest(collection, name).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read output {name!r}: {exc.strerror or exc}") from exc
 
     def list_outputs(self, collection: str, folder: str) -> list[str]:
         base = self.output_dir(collection)
