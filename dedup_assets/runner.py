@@ -27,6 +27,10 @@ class CollectionRun:
         return self.finished and all(r.success for r in self.results)
 
     @property
+    def run_ids(self) -> list[str]:
+        return [r.run_id for r in self.results]
+
+    @property
     def all_events(self) -> list:
         return [e for r in self.results for e in r.all_events]
 

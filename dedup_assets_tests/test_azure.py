@@ -206,10 +206,11 @@ def test_azure_run_matches_local_run(env, azurite, service, uploaded, local_run,
     # the inventory carries Azure's Content-MD5 and etags
     inv = result.asset_materializations_for_node("blob_inventory")[0].metadata
     assert inv["images"].value == rows
-    # no secret anywhere in the run's events or its stored config
-    events = instance.all_logs(result.run_id)
-    text = "\n".join(str(e) for e in events) + str(instance.get_run_by_id(result.run_id).run_config)
-    assert AZURITE_KEY not in text and AZURITE_KEY[:20] not in text
+    # no secret anywhere in the runs' events or their stored config (inventory, shards, rest)
+    for run_id in result.run_ids:
+        events = instance.all_logs(run_id)
+        text = "\n".join(str(e) for e in events) + str(instance.get_run_by_id(run_id).run_config)
+        assert AZURITE_KEY not in text and AZURITE_KEY[:20] not in text
     # a re-run copies nothing
     again, _ = _run_azure(store, tmp_path / "az.duckdb", only_copies=True)
     assert _copied(again) == {"copied": 0, "skipped_identical": rows - local_report.count(",Error,"), "stale_removed": 0}
