@@ -1,16 +1,16 @@
 """The asset graph, one partition per collection.
 
-blob_inventory → wavelet_hashes → color_groups → global_groups → local_groups →
-best_selection → deduplicated_files + image_report.
+blob_inventory → wavelet_hashes (per shard) → color_groups → global_groups → local_groups →
+best_selection (+ blocking checks) → deduplicated_files + image_report.
 
 Each function here is wiring: it loads its inputs, calls :mod:`dedup_assets.core`, and turns
 the result into a polars frame stored in DuckDB by the IO manager. Every table has a
-``collection`` column holding the partition key.
+``collection`` column holding the collection's partition key; ``wavelet_hashes`` also has
+``shard``. Collection-level assets read all shards of their collection.
 """
 
 
 import io
-import time
 
 import numpy as np
 import polars as pl
@@ -19,43 +19,74 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetRecordsFilter,
+    Backoff,
     Config,
+    Jitter,
     MetadataValue,
+    MultiPartitionKey,
+    Output,
+    RetryPolicy,
     asset,
 )
 from pydantic import Field
 
+from .checks import check_specs, selection_check_results
 from .core import gallery, report
 from .core.overrides import apply_overrides
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
+from .core.shards import fingerprint, shard_of
 from .core.stage1 import analyse_collection
 from .core.local_features import DEFAULT_MIN_INLIERS
 from .core.verify import global_similarities, local_inliers
-from .partitions import collections_partitions
+from .io_manager import MATCH_DOWNSTREAM
+from .metrics import Progress, Timer
+from .partitions import (
+    N_SHARDS,
+    SHARD_KEYS,
+    by_collection,
+    collection_shards_partitions,
+    collections_partitions,
+)
 from .resources import EmbedderResource, ImageStoreResource, OverridesResource
+
+#: Assets that call the image store (Azure or a folder) retry transient failures.
+STORE_RETRY = RetryPolicy(
+    max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
 
 PARTITIONED = dict(
     partitions_def=collections_partitions,
     metadata={"partition_expr": "collection"},
     group_name="dedup",
 )
+#: Collection-level stages hold a whole collection in memory: dagster.yaml caps how many
+#: run at once across runs (pool limit).
+COLLECTION_LEVEL = dict(**PARTITIONED, pool="dedup_collection")
+SHARDED = dict(
+    partitions_def=collection_shards_partitions,
+    metadata={"partition_expr": {"collection": "collection", "shard": "shard"}},
+    group_name="dedup",
+)
+#: A collection-level asset reads every shard of its collection.
+ALL_SHARDS = AssetIn(partition_mapping=by_collection)
 
 PAIR_KEY = ["path_a", "path_b"]
+STAGE1_MODELS = "haar-wavelet-64 (+8 variants), quality v1, colour signature"
 
 
-def _timed(context: AssetExecutionContext, start: float, n: int, **extra) -> None:
-    seconds = time.perf_counter() - start
-    context.add_output_metadata(
-        {
-            "images": n,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(n / seconds, 2) if seconds > 0 else None,
-            **extra,
-        }
-    )
+def collection_key(context: AssetExecutionContext) -> str:
+    """The collection partition key of this run (collection-level or shard partition)."""
+    key = context.partition_key
+    if isinstance(key, MultiPartitionKey):
+        return key.keys_by_dimension["collection"]
+    return key
+
+
+def _inventory_size(wavelet_hashes: pl.DataFrame) -> int:
+    return wavelet_hashes.height
 
 
 # --------------------------------------------------------------------------- inventory
@@ -67,22 +98,26 @@ INVENTORY_SCHEMA = {
     "etag": pl.String,
     "last_modified": pl.Float64,
     "content_md5": pl.String,
+    "shard": pl.String,
 }
 INVENTORY_BATCH = 20_000
 
 
-@asset(**PARTITIONED)
+@asset(**PARTITIONED, retry_policy=STORE_RETRY)
 def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) -> pl.DataFrame:
-    """One row per image file of the collection (recognised by extension or content).
+    """One row per image file of the collection (recognised by extension or content), with
+    the shard that analyses it; per-shard fingerprints go to the metadata.
 
     The listing streams page by page into columnar batches: never all blobs as Python objects.
     """
-    start = time.perf_counter()
+    timer = Timer(context)
     prefix = store.resolve_collection(context.partition_key)
     image_store = store.get_store()
     frames, rows = [], []
     for b in image_store.iter_blobs(prefix):
-        rows.append((b.path, b.size, b.etag, b.last_modified, b.content_md5))
+        rows.append(
+            (b.path, b.size, b.etag, b.last_modified, b.content_md5, shard_of(b.path, N_SHARDS))
+        )
         if len(rows) >= INVENTORY_BATCH:
             frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
             rows = []
@@ -91,7 +126,22 @@ def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) ->
     frame = pl.concat(frames, rechunk=True).with_columns(
         collection=pl.lit(context.partition_key), prefix=pl.lit(prefix)
     )
-    _timed(context, start, frame.height, prefix=prefix, store=image_store.describe())
+    shards = {
+        k: frame.filter(pl.col("shard") == k).select("path", "size", "etag") for k in SHARD_KEYS
+    }
+    timer.done(
+        frame.height,
+        images_read=0,
+        collection_images=frame.height,
+        models="none",
+        prefix=prefix,
+        store=image_store.describe(),
+        shards=N_SHARDS,
+        shard_images=MetadataValue.json({k: v.height for k, v in shards.items()}),
+        shard_fingerprints=MetadataValue.json(
+            {k: fingerprint(v.iter_rows()) for k, v in shards.items()}
+        ),
+    )
     return frame.select("collection", "prefix", *INVENTORY_SCHEMA)
 
 
@@ -139,19 +189,32 @@ STAGE1_SCHEMA = {
 }
 
 
-@asset(**PARTITIONED)
+@asset(
+    **SHARDED,
+    retry_policy=STORE_RETRY,
+    ins={
+        "blob_inventory": AssetIn(
+            partition_mapping=by_collection, metadata={MATCH_DOWNSTREAM: "shard"}
+        )
+    },
+)
 def wavelet_hashes(
     context: AssetExecutionContext,
     config: HashingConfig,
     store: ImageStoreResource,
     blob_inventory: pl.DataFrame,
 ) -> pl.DataFrame:
-    """The one full read of every image: hashes, quality, colour signature, decode status."""
-    start = time.perf_counter()
-    prefix = store.resolve_collection(context.partition_key)
-    paths = blob_inventory.sort("path")["path"].to_list()
+    """The one full read of every image of one shard: hashes, quality, colour signature,
+    decode status. Memory is bounded by the shard: rows become frames in chunks."""
+    timer = Timer(context)
+    collection = collection_key(context)
+    shard = context.partition_key.keys_by_dimension["shard"]
+    prefix = store.resolve_collection(collection)
+    inventory = blob_inventory.sort("path")
+    paths = inventory["path"].to_list()
     workers = config.workers or default_workers()
-    rows = []
+    progress = Progress(context, f"stage 1 {collection} {shard}", len(paths))
+    chunks, rows = [], []
     for n, row in enumerate(
         analyse_collection(
             store.get_store(),
@@ -164,24 +227,28 @@ def wavelet_hashes(
         1,
     ):
         rows.append({k: row.get(k) for k in STAGE1_SCHEMA})
-        if n % 1000 == 0:
-            context.log.info(f"stage 1: {n}/{len(paths)} images")
-    frame = pl.DataFrame(rows, schema=STAGE1_SCHEMA).with_columns(
-        collection=pl.lit(context.partition_key)
+        if len(rows) >= 2000:
+            chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
+            rows = []
+        progress.update(n)
+    chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
+    frame = pl.concat(chunks).with_columns(
+        collection=pl.lit(collection), shard=pl.lit(shard)
     )
     errors = frame.filter(pl.col("status") != "ok")
-    _timed(
-        context,
-        start,
+    timer.done(
         frame.height,
+        images_read=len(paths),
+        collection_images=len(paths),
+        models=STAGE1_MODELS,
         workers=workers,
         errors=errors.height,
-        images_read=len(paths),
+        inventory_fingerprint=fingerprint(inventory.select("path", "size", "etag").iter_rows()),
         error_reasons=MetadataValue.json(
             dict(errors.group_by("error_reason").len().iter_rows()) if errors.height else {}
         ),
     )
-    return frame.select("collection", *STAGE1_SCHEMA)
+    return frame.select("collection", "shard", *STAGE1_SCHEMA)
 
 
 # --------------------------------------------------------------------------- pairs
@@ -244,12 +311,12 @@ def _pairs_from_frame(frame: pl.DataFrame, index: dict[str, int]) -> list[Pair]:
     ]
 
 
-@asset(**PARTITIONED)
+@asset(**COLLECTION_LEVEL, ins={"wavelet_hashes": ALL_SHARDS})
 def color_groups(
     context: AssetExecutionContext, config: CandidateConfig, wavelet_hashes: pl.DataFrame
 ) -> pl.DataFrame:
     """Candidate pairs (exact copies, hash neighbours incl. mirror/rotation) checked by colour."""
-    start = time.perf_counter()
+    timer = Timer(context)
     images = _ok_images(wavelet_hashes)
     paths = images["path"].to_list()
     exact, rep = exact_pairs(images["content_md5"].to_list())
@@ -271,14 +338,14 @@ def color_groups(
     ).with_columns(
         color_kept=pl.col("color_kept") | (pl.col("hamming") <= config.recolour_hamming)
     ).sort(PAIR_KEY)
-    _timed(
-        context,
-        start,
+    timer.done(
         images.height,
+        images_read=0,
+        collection_images=_inventory_size(wavelet_hashes),
+        models="faiss binary index (exact Hamming search), colour signature",
         exact_pairs=len(exact),
         hash_pairs=len(near),
         kept_pairs=int(frame["color_kept"].sum()),
-        images_read=0,
         threshold=config.min_color_similarity,
     )
     return frame
@@ -319,7 +386,7 @@ class GlobalConfig(Config):
     workers: int = Field(default=0, description="Decode processes (0: one per core).")
 
 
-@asset(**PARTITIONED)
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def global_groups(
     context: AssetExecutionContext,
     config: GlobalConfig,
@@ -329,7 +396,7 @@ def global_groups(
     color_groups: pl.DataFrame,
 ) -> pl.DataFrame:
     """Pairs confirmed (and new ones discovered) by global image embeddings."""
-    start = time.perf_counter()
+    timer = Timer(context)
     model = embedder.get_embedder()
     info = model.info
     if info.fallback_reason:
@@ -402,11 +469,11 @@ def global_groups(
         how="vertical_relaxed",
     ).with_columns(embedder=pl.lit(f"{info.kind}:{info.model}:{info.weights}"))
     frame = frame.sort(PAIR_KEY)
-    _timed(
-        context,
-        start,
+    timer.done(
         stats.images_read,
         images_read=stats.images_read,
+        collection_images=_inventory_size(wavelet_hashes),
+        models=f"{info.kind}:{info.model}:{info.weights}",
         pairs_checked=len(todo),
         pairs_discovered=sum(p.source == "global" for p in found),
         pairs_discovered_rotation=sum(p.source == "rotation" for p in found),
@@ -430,7 +497,7 @@ class LocalConfig(Config):
     workers: int = Field(default=0, description="Processes (0: one per core).")
 
 
-@asset(**PARTITIONED)
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def local_groups(
     context: AssetExecutionContext,
     config: LocalConfig,
@@ -439,7 +506,7 @@ def local_groups(
     global_groups: pl.DataFrame,
 ) -> pl.DataFrame:
     """Pairs confirmed by keypoint matching with geometric (RANSAC) verification."""
-    start = time.perf_counter()
+    timer = Timer(context)
     paths = _ok_images(wavelet_hashes)["path"].to_list()
     index = {p: i for i, p in enumerate(paths)}
     kept = global_groups.filter(pl.col("global_kept"))
@@ -465,11 +532,11 @@ def local_groups(
         ],
         how="vertical_relaxed",
     ).sort(PAIR_KEY)
-    _timed(
-        context,
-        start,
+    timer.done(
         stats.images_read,
         images_read=stats.images_read,
+        collection_images=_inventory_size(wavelet_hashes),
+        models=f"ORB ({config.n_features} keypoints) + RANSAC homography",
         pairs_checked=todo_frame.height,
         kept_pairs=int(frame["local_kept"].sum()),
         threshold=config.min_inliers,
@@ -480,23 +547,29 @@ def local_groups(
 # --------------------------------------------------------------------------- selection
 
 
-@asset(**PARTITIONED)
+@asset(
+    **COLLECTION_LEVEL,
+    ins={"wavelet_hashes": ALL_SHARDS},
+    check_specs=check_specs("best_selection"),
+)
 def best_selection(
     context: AssetExecutionContext,
     overrides: OverridesResource,
     blob_inventory: pl.DataFrame,
     wavelet_hashes: pl.DataFrame,
     local_groups: pl.DataFrame,
-) -> pl.DataFrame:
+):
     """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image.
 
     Analyst overrides (``dedup.overrides``) are applied here: ``same_picture`` adds an edge,
-    ``not_duplicate`` keeps two images out of one group.
-    """
-    start = time.perf_counter()
+    ``not_duplicate`` keeps two images out of one group. Group ids hash the collection key and
+    the group's first path, so they never repeat across collections. Blocking checks (see
+    :mod:`dedup_assets.checks`) stop the copies and the report when the selection breaks a
+    promise."""
+    timer = Timer(context)
     images = (
         blob_inventory.select("path", "size")
-        .join(wavelet_hashes.drop("collection"), on="path", how="left")
+        .join(wavelet_hashes.drop("collection", "shard"), on="path", how="left")
         .sort("path")
         .with_columns(
             status=pl.col("status").fill_null("error"),
@@ -518,6 +591,7 @@ def best_selection(
         images["size"].to_list(),
         grouping.edges,
         grouping.cannot_link,
+        namespace=context.partition_key,
     )
     hists = report.histogram_matrix(images["color_hist"].to_list())
     frame = pl.DataFrame(
@@ -536,23 +610,25 @@ def best_selection(
         schema_overrides={"group_size": pl.Int32},
     ).with_columns(pl.col("avg_color_correlation").fill_nan(None))
     counts = dict(frame.group_by("status").len().iter_rows())
-    _timed(
-        context,
-        start,
+    timer.done(
         frame.height,
+        images_read=0,
+        collection_images=blob_inventory.height,
+        models="none",
         groups=frame.filter(pl.col("group_size") > 1)["group_id"].n_unique(),
         **{f"status_{k.lower()}": counts.get(k, 0) for k in ("Best", "Duplicate", "Unique", "Error")},
         overrides=MetadataValue.json(
             {**grouping.stats, "edges_refused_by_not_duplicate": sel.refused_edges}
         ),
     )
-    return frame
+    yield Output(frame)
+    yield from selection_check_results(context.partition_key, blob_inventory, frame)
 
 
 # --------------------------------------------------------------------------- outputs
 
 
-@asset(**PARTITIONED)
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def deduplicated_files(
     context: AssetExecutionContext,
     store: ImageStoreResource,
@@ -560,7 +636,7 @@ def deduplicated_files(
     best_selection: pl.DataFrame,
 ) -> pl.DataFrame:
     """Copies into <collection>_deduplicated/best/ (keepers and uniques) and …/duplicates/."""
-    start = time.perf_counter()
+    timer = Timer(context)
     image_store = store.get_store()
     prefix = store.resolve_collection(context.partition_key)
     todo = (
@@ -569,9 +645,13 @@ def deduplicated_files(
         .with_columns(dest=report.destination_expr())
         .sort("path")
     )
-    actions = list(
-        image_store.copy_many(prefix, todo.select("path", "dest", "content_md5").iter_rows())
-    )
+    progress = Progress(context, f"copies {context.partition_key}", todo.height)
+    actions = []
+    for action in image_store.copy_many(
+        prefix, todo.select("path", "dest", "content_md5").iter_rows()
+    ):
+        actions.append(action)
+        progress.update(len(actions))
     expected = set(todo["dest"].to_list())
     stale = [
         f
@@ -584,10 +664,11 @@ def deduplicated_files(
     frame = todo.select("collection", "path", "status", "dest").with_columns(
         action=pl.Series(actions, dtype=pl.String)
     )
-    _timed(
-        context,
-        start,
+    timer.done(
         frame.height,
+        images_read=actions.count("copied"),
+        collection_images=best_selection.height,
+        models="none",
         copied=actions.count("copied"),
         skipped_identical=actions.count("skipped"),
         stale_removed=len(stale),
@@ -596,7 +677,7 @@ def deduplicated_files(
     return frame
 
 
-@asset(**PARTITIONED)
+@asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
 def image_report(
     context: AssetExecutionContext,
     store: ImageStoreResource,
@@ -604,14 +685,20 @@ def image_report(
     best_selection: pl.DataFrame,
 ) -> pl.DataFrame:
     """image_report.csv next to the copies: one row per inventoried image."""
-    start = time.perf_counter()
+    timer = Timer(context)
     image_store = store.get_store()
     prefix = store.resolve_collection(context.partition_key)
     frame = report.build_report(best_selection, wavelet_hashes)
     buf = io.BytesIO()
     frame.write_csv(buf)
     location = image_store.write_output(prefix, report.REPORT_NAME, buf.getvalue())
-    _timed(context, start, frame.height, report=MetadataValue.path(location))
+    timer.done(
+        frame.height,
+        images_read=0,
+        collection_images=frame.height,
+        models="none",
+        report=MetadataValue.path(location),
+    )
     return frame.with_columns(collection=pl.lit(context.partition_key)).select(
         "collection", *frame.columns
     )
@@ -652,8 +739,13 @@ def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> ga
 
 
 @asset(
-    **PARTITIONED,
-    ins={"wavelet_hashes": AssetIn(metadata={"columns": list(gallery.IMAGE_COLUMNS)})},
+    **COLLECTION_LEVEL,
+    retry_policy=STORE_RETRY,
+    ins={
+        "wavelet_hashes": AssetIn(
+            partition_mapping=by_collection, metadata={"columns": list(gallery.IMAGE_COLUMNS)}
+        )
+    },
     deps=["deduplicated_files"],
 )
 def review_gallery(
@@ -666,7 +758,7 @@ def review_gallery(
     best_selection: pl.DataFrame,
 ) -> pl.DataFrame:
     """Static HTML gallery of the duplicate groups in <collection>_deduplicated/gallery/."""
-    start = time.perf_counter()
+    timer = Timer(context)
     image_store = store.get_store()
     prefix = store.resolve_collection(context.partition_key)
     thresholds = _stage_thresholds(context, local_groups)
@@ -697,10 +789,11 @@ def review_gallery(
         if result.index.startswith(("http://", "https://"))
         else MetadataValue.path(result.index)
     )
-    _timed(
-        context,
-        start,
+    timer.done(
         data.members.height,
+        images_read=result.thumbnails_made + len(result.thumbnails_failed),
+        collection_images=best_selection.height,
+        models="none",
         gallery=link,
         preview=MetadataValue.md(preview),
         groups=data.totals["groups"],
@@ -710,7 +803,6 @@ def review_gallery(
         thumbnails_made=result.thumbnails_made,
         thumbnails_reused=result.thumbnails_cached,
         thumbnails_failed=len(result.thumbnails_failed),
-        images_read=result.thumbnails_made + len(result.thumbnails_failed),
     )
     return result.groups.select(
         pl.lit(context.partition_key).alias("collection"),

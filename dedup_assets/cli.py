@@ -25,31 +25,29 @@ def _state_dir(out: Path) -> Path:
     return out / ".dedup_state"
 
 
+def _say(message: str) -> None:
+    print(f"dedup-assets: {message}", file=sys.stderr, flush=True)
+
+
 def _materialise(resources: dict, key: str, state: Path, *, workers, verbose, run_config):
-    from dagster import DagsterInstance, materialize
+    """Every asset of collection ``key`` (see :mod:`.runner`), with the Dagster instance in
+    ``state/dagster``: it says which shards are already analysed, so a killed run started
+    again resumes where it stopped. Returns a ``CollectionRun``."""
+    from dagster import DagsterInstance
     from dagster._core.instance.ref import InstanceRef
 
-    from .assets import ALL_ASSETS
-    from .partitions import collections_partitions
+    from .runner import materialize_collection
 
     (state / "dagster").mkdir(parents=True, exist_ok=True)
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
-    if not instance.has_dynamic_partition(collections_partitions.name, key):
-        instance.add_dynamic_partitions(collections_partitions.name, [key])
-    config: dict = {"ops": {}}
+    op_config: dict = {}
     if workers:
         for name in ("wavelet_hashes", "global_groups", "local_groups"):
-            config["ops"][name] = {"config": {"workers": workers}}
-    for op, op_config in (run_config or {}).get("ops", {}).items():
-        config["ops"].setdefault(op, {"config": {}})["config"].update(op_config["config"])
-    config["loggers"] = {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}
-    return materialize(
-        ALL_ASSETS,
-        partition_key=key,
-        resources=resources,
-        instance=instance,
-        run_config=config,
-        raise_on_error=False,
+            op_config[name] = {"workers": workers}
+    for op, extra in (run_config or {}).get("ops", {}).items():
+        op_config.setdefault(op, {}).update(extra["config"])
+    return materialize_collection(
+        instance, key, resources, op_config=op_config, verbose=verbose, say=_say
     )
 
 
@@ -63,7 +61,7 @@ def run_collection(
     run_config: dict | None = None,
     state: Path | None = None,
 ):
-    """Materialise every asset for ``source`` as one collection; returns the Dagster result."""
+    """Materialise every asset for ``source`` as one collection; returns a ``CollectionRun``."""
     from .core.store import collection_slug
     from .definitions import build_resources
 
@@ -181,7 +179,7 @@ def _copy_counts(result) -> str:
     return "none"
 
 
-def _summary(rows: list[dict], seconds: float, copies: str, report: str) -> str:
+def _summary(rows: list[dict], seconds: float, copies: str, report: str, shards: str = "") -> str:
     status = Counter(r["Status"] for r in rows)
     groups = len({r["Group ID"] for r in rows if r["Status"] in ("Best", "Duplicate")})
     return "\n".join(
@@ -192,6 +190,7 @@ def _summary(rows: list[dict], seconds: float, copies: str, report: str) -> str:
             f"unique:     {status['Unique']}",
             f"errors:     {status['Error']}",
             f"copies:     {copies}",
+            f"shards:     {shards}",
             f"time:       {seconds:.1f} s",
             f"report:     {report}",
         ]
@@ -232,7 +231,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         report = str(report_path(Path(args.source), Path(args.output)))
         text = Path(report).read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    print(_summary(rows, seconds, _copy_counts(result), report))
+    shards = f"{result.shards} ({result.resumed} already analysed)"
+    print(_summary(rows, seconds, _copy_counts(result), report, shards))
     return 0
 
 
@@ -255,6 +255,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     args.source, args.output = str(source), str(Path(args.data) / "output")
     args.state = None
     return _cmd_run(args)
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill import add_collections, backfill_status, launch_backfill
+
+    add_collections(args.url, args.collections)
+    backfill_id = launch_backfill(args.url, args.collections)
+    print(f"backfill {backfill_id} launched for {', '.join(args.collections)}")
+    if not args.wait:
+        return 0
+    while (status := backfill_status(args.url, backfill_id)) in ("REQUESTED", "CANCELING"):
+        time.sleep(5)
+    print(f"backfill {backfill_id}: {status}")
+    return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -292,6 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     sample = sub.add_parser("sample", help="write the sample collection to a folder")
     sample.add_argument("dest")
     sample.set_defaults(fn=_cmd_sample)
+
+    backfill = sub.add_parser(
+        "backfill", help="backfill whole collections through a running Dagster (GraphQL)"
+    )
+    backfill.add_argument("collections", nargs="+", help="collection partition keys")
+    backfill.add_argument("--url", default="http://127.0.0.1:3000", help="Dagster webserver")
+    backfill.add_argument("--wait", action="store_true", help="wait until it finishes")
+    backfill.set_defaults(fn=_cmd_backfill)
 
     bench = sub.add_parser("bench", help="run a benchmark: dedup-assets bench NAME --help")
     bench.add_argument("name", help="benchmark name (a module of dedup_assets.bench)")

@@ -1,4 +1,4 @@
-"""Everything Dagster loads: assets, resources, the job, the sensor.
+"""Everything Dagster loads: assets (with their checks), resources, jobs, sensors, schedule.
 
 The embedded default reads collections from a local folder and keeps results in one DuckDB
 file; both are set by environment variables (see README):
@@ -8,6 +8,8 @@ file; both are set by environment variables (see README):
 - ``DEDUP_OUTPUT_ROOT``: where ``<collection>_deduplicated/`` go (default ``data/output``)
 - ``DEDUP_DUCKDB``: the DuckDB file (default ``data/dedup_assets.duckdb``)
 - ``DEDUP_CLIP_MODEL`` / ``DEDUP_CLIP_PRETRAINED`` / ``DEDUP_CLIP_CHECKPOINT``: the CLIP model
+- ``DEDUP_SHARDS``: shards per collection for stage 1 (default 16; see partitions.py)
+- ``DEDUP_RESCAN_CRON``: when known collections are listed again (default hourly)
 - Azure (``DEDUP_STORE=azure``): ``DEDUP_AZURE_CONTAINER``, ``DEDUP_AZURE_PREFIX``,
   ``DEDUP_AZURE_COLLECTIONS``, ``DEDUP_AZURE_OUTPUT_CONTAINER``, ``DEDUP_AZURE_OUTPUT_PREFIX``;
   the account from ``AZURE_STORAGE_CONNECTION_STRING``, or ``DEDUP_AZURE_ACCOUNT_URL`` with
@@ -22,7 +24,7 @@ import os
 
 from collections.abc import Mapping
 
-from dagster import Definitions, EnvVar, define_asset_job, in_process_executor
+from dagster import Definitions, EnvVar, in_process_executor
 from dagster_azure.blob import (
     AzureBlobStorageDefaultCredential,
     AzureBlobStorageKeyCredential,
@@ -32,7 +34,7 @@ from dagster_azure.blob import (
 
 from .assets import ALL_ASSETS
 from .io_manager import DedupDuckDBIOManager
-from .partitions import collections_partitions
+from .jobs import JOBS
 from .resources import (
     AzureBlobStoreResource,
     EmbedderResource,
@@ -40,7 +42,7 @@ from .resources import (
     LocalFolderStoreResource,
     OverridesResource,
 )
-from .sensors import collection_discovery_sensor
+from .sensors import collection_discovery_sensor, dedup_progress_sensor, inventory_rescan_schedule
 
 DEFAULTS = {
     "DEDUP_SOURCE_ROOT": "data/collections",
@@ -51,14 +53,6 @@ DEFAULTS = {
 }
 for _name, _value in DEFAULTS.items():
     os.environ.setdefault(_name, _value)
-
-dedup_job = define_asset_job(
-    "dedup_job",
-    selection=ALL_ASSETS,
-    partitions_def=collections_partitions,
-    description="The whole pipeline for one collection.",
-)
-
 
 def azure_store_from_env(
     env: Mapping[str, str] | None = None,
@@ -151,8 +145,9 @@ def build_resources(
 
 defs = Definitions(
     assets=ALL_ASSETS,
-    jobs=[dedup_job],
-    sensors=[collection_discovery_sensor],
+    jobs=JOBS,
+    sensors=[collection_discovery_sensor, dedup_progress_sensor],
+    schedules=[inventory_rescan_schedule],
     resources=build_resources(),
     executor=in_process_executor,
 )

@@ -1,79 +1,315 @@
-"""DuckDB IO manager for polars frames: one table per asset, partitions replaced on re-run.
+"""DuckDB IO manager for polars frames: one table per asset, one partition replaced per write.
 
-dagster-duckdb-polars' handler skips empty frames (so a collection without duplicates would
-leave no table for the next stage to read) and reads through an API that newer duckdb
-releases changed; this handler writes empty frames as empty tables and reads with ``.pl()``.
-Deleting the partition's old rows and inserting the new ones run in one transaction, so a
-crash never leaves a half-written partition.
+- A write replaces exactly its partition (``collection``, or ``collection`` + ``shard``):
+  delete and insert run in one transaction, so a crash never leaves a half-written partition
+  and a re-run never duplicates rows. Empty frames create empty tables, so the next stage
+  always finds its input.
+- Every statement takes its values as parameters; identifiers (schema, table, column names)
+  come from code, never from collection names, and are quoted.
+- DuckDB allows one writing process per file. The connection is opened only inside
+  ``handle_output`` / ``load_input`` and only while holding an exclusive lock on
+  ``<database>.lock``: runs in other processes wait for it (and log the wait) instead of
+  failing on DuckDB's own lock. Image work runs outside the lock, in parallel.
+- After each write, the partition's rows (without binary columns) are published for
+  analysts as ``<stem>_analyst/<schema>/<table>/<partition>.parquet`` (atomic rename), with a
+  read-only ``<stem>_analyst.duckdb`` of views over them: analysts query it while the
+  pipeline runs and never hold the writer's lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+import duckdb
 import polars as pl
-from dagster import InputContext, MetadataValue, OutputContext, TableColumn, TableSchema
-from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler, TableSlice
-from dagster_duckdb.io_manager import DuckDbClient, DuckDBIOManager, _get_cleanup_statement
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    MultiPartitionKey,
+    OutputContext,
+    TableColumn,
+    TableSchema,
+)
+from pydantic import Field
+
+#: Input metadata: keep only rows whose column equals this dimension of the downstream
+#: partition (``wavelet_hashes`` reads only its shard of ``blob_inventory``).
+MATCH_DOWNSTREAM = "dedup/match_downstream_dimension"
+
+_LOCK_ERRORS = ("could not set lock", "conflicting lock")
 
 
-class PolarsFrameHandler(DbTypeHandler[pl.DataFrame]):
-    def handle_output(
-        self, context: OutputContext, table_slice: TableSlice, obj: pl.DataFrame, connection
-    ):
-        frame = obj.to_arrow()  # noqa: F841 - referenced by name in the SQL below
-        table = f"{table_slice.schema}.{table_slice.table}"
-        connection.execute(f"create table if not exists {table} as select * from frame where false")
-        connection.execute(f"insert into {table} by name select * from frame")
-        connection.execute("commit")
-        return {
-            "row_count": obj.height,
-            "dataframe_columns": MetadataValue.table_schema(
-                TableSchema(columns=[TableColumn(n, str(t)) for n, t in obj.schema.items()])
-            ),
-        }
+class DuckDBLockTimeout(RuntimeError):
+    """The DuckDB file stayed locked longer than the configured timeout."""
 
-    def load_input(self, context: InputContext, table_slice: TableSlice, connection) -> pl.DataFrame:
-        if table_slice.partition_dimensions and len(context.asset_partition_keys) == 0:
-            return pl.DataFrame()
-        return connection.execute(DuckDbClient.get_select_statement(table_slice)).pl()
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, quoted (for names that come from code)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_local_file(database: str) -> bool:
+    return database not in ("", ":memory:") and not re.match(r"^[a-z]+:", database)
+
+
+@contextlib.contextmanager
+def locked_connection(
+    database: str, *, read_only: bool = False, timeout_s: float = 3600.0, log=None
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, float]]:
+    """A DuckDB connection held under the exclusive ``<database>.lock`` file lock.
+
+    Yields ``(connection, seconds waited)``. Waits (polling) for other processes of this
+    project; if DuckDB's own lock is held by someone else (an analyst who opened the main
+    file), retries with backoff until ``timeout_s``.
+    """
+    start = time.monotonic()
+    lock_file = None
+    if _is_local_file(database):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(f"{database}.lock", "a+b")  # noqa: SIM115 - closed below
+    try:
+        if lock_file is not None:
+            warned = False
+            while True:
+                try:
+                    fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() - start > timeout_s:
+                        raise DuckDBLockTimeout(
+                            f"{database} stayed locked by another run for {timeout_s:.0f} s"
+                        ) from None
+                    if log is not None and not warned:
+                        log.info(f"waiting for the DuckDB lock on {database}")
+                        warned = True
+                    time.sleep(0.05)
+        delay = 0.1
+        while True:
+            try:
+                if read_only and _is_local_file(database) and not Path(database).exists():
+                    con = duckdb.connect(":memory:")
+                else:
+                    con = duckdb.connect(database, read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if not any(m in str(exc).lower() for m in _LOCK_ERRORS):
+                    raise
+                if time.monotonic() - start > timeout_s:
+                    raise DuckDBLockTimeout(
+                        f"{database} is held open by another process: {exc}"
+                    ) from exc
+                if log is not None:
+                    log.warning(f"DuckDB file busy (held outside this pipeline?), retrying: {exc}")
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        waited = time.monotonic() - start
+        try:
+            yield con, waited
+        finally:
+            con.close()
+    finally:
+        if lock_file is not None:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+            lock_file.close()
+
+
+def _partition_filter(
+    partitions_def, partition_expr, keys: Sequence[str | MultiPartitionKey]
+) -> tuple[list[str], list[list[str]]]:
+    """Columns and per-column value lists of the given partition keys."""
+    if isinstance(partition_expr, dict):
+        dims = [d.name for d in partitions_def.partitions_defs]
+        columns = [partition_expr.get(d, d) for d in dims]
+        values: list[list[str]] = [[] for _ in dims]
+        for key in keys:
+            key = partitions_def.get_partition_key_from_str(str(key))
+            for i, d in enumerate(dims):
+                values[i].append(key.keys_by_dimension[d])
+        return columns, values
+    return [partition_expr or "collection"], [[str(k) for k in keys]]
+
+
+def _partition_expr(context) -> str | dict | None:
+    meta = context.definition_metadata or {}
+    expr = meta.get("partition_expr")
+    return expr.value if hasattr(expr, "value") else expr
+
+
+def _where_in(columns: list[str], values: list[list[str]]) -> tuple[str, list]:
+    """``(c1, c2) in (k1, k2) …`` as a semi-join on unnested list parameters."""
+    names = [f"k{i}" for i in range(len(columns))]
+    keys = ", ".join(f"unnest(?::varchar[]) as {n}" for n in names)
+    match = " and ".join(f"t.{quote_ident(c)} = k.{n}" for c, n in zip(columns, names))
+    return f"exists (select 1 from (select {keys}) k where {match})", list(values)
+
+
+class DedupDuckDBIOManager(ConfigurableIOManager):
+    """Stores polars frames in DuckDB tables ``<schema>.<asset name>``."""
+
+    database: str = Field(description="Path of the DuckDB file (or a DuckDB connection string).")
+    schema_: str = Field(default="dedup", alias="schema", description="Schema of the tables.")
+    lock_timeout_s: float = Field(
+        default=3600.0, description="How long a run waits for the DuckDB lock before failing."
+    )
+    publish_analyst: bool = Field(
+        default=True,
+        description="Publish each written partition as Parquet + a read-only views database.",
+    )
+
+    # ------------------------------------------------------------------ analyst files
 
     @property
-    def supported_types(self):
-        return [pl.DataFrame]
+    def analyst_dir(self) -> Path:
+        return Path(self.database).with_name(Path(self.database).stem + "_analyst")
 
+    @property
+    def analyst_database(self) -> Path:
+        return Path(self.database).with_name(Path(self.database).stem + "_analyst.duckdb")
 
-class _TransactionalClient(DuckDbClient):
-    """Deletes the old partition inside a transaction that the handler's insert commits."""
+    def _publish(self, table: str, values: list[str], frame: pl.DataFrame) -> None:
+        if not (self.publish_analyst and _is_local_file(self.database)):
+            return
+        folder = self.analyst_dir / self.schema_ / table
+        created = not folder.is_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = "-".join(values) or "all"
+        if not re.fullmatch(r"[a-z0-9_-]{1,100}", stem):
+            stem = "p" + hashlib.sha1(stem.encode()).hexdigest()[:16]
+        keep = [c for c, t in frame.schema.items() if t != pl.Binary]
+        tmp = folder / f".{stem}.parquet.partial"
+        frame.select(keep).write_parquet(tmp)
+        os.replace(tmp, folder / f"{stem}.parquet")
+        if created or not self.analyst_database.exists():
+            self._write_views()
 
-    @staticmethod
-    def delete_table_slice(context: OutputContext, table_slice: TableSlice, connection) -> None:
-        connection.execute("begin transaction")
-        exists = connection.execute(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
-            [table_slice.schema, table_slice.table],
-        ).fetchone()[0]
-        if exists:
-            connection.execute(_get_cleanup_statement(table_slice))
+    def _write_views(self) -> None:
+        """Rebuild the views database next to the old one, then rename it into place."""
+        root = self.analyst_dir
+        fd, tmp = tempfile.mkstemp(suffix=".duckdb", dir=root.parent, prefix=".analyst-")
+        os.close(fd)
+        os.unlink(tmp)
+        con = duckdb.connect(tmp)
+        try:
+            for schema_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+                con.execute(f"create schema if not exists {quote_ident(schema_dir.name)}")
+                for table_dir in sorted(p for p in schema_dir.iterdir() if p.is_dir()):
+                    # DDL takes no parameters: the glob is our own folder, quoted as a literal.
+                    glob = str(table_dir.resolve() / "*.parquet").replace("'", "''")
+                    con.execute(
+                        f"create or replace view {quote_ident(schema_dir.name)}."
+                        f"{quote_ident(table_dir.name)} as select * from "
+                        f"read_parquet('{glob}', union_by_name = true)"
+                    )
+        finally:
+            con.close()
+        os.replace(tmp, self.analyst_database)
 
+    # ------------------------------------------------------------------ IO manager
 
-class DedupDuckDBIOManager(DuckDBIOManager):
-    """Stores polars frames in DuckDB (schema ``dedup`` by default)."""
-
-    @staticmethod
-    def type_handlers() -> Sequence[DbTypeHandler]:
-        return [PolarsFrameHandler()]
-
-    @staticmethod
-    def default_load_type() -> type | None:
-        return pl.DataFrame
-
-    def create_io_manager(self, context) -> DbIOManager:
-        return DbIOManager(
-            db_client=_TransactionalClient(),
-            database=self.database,
-            schema=self.schema_,
-            type_handlers=self.type_handlers(),
-            default_load_type=self.default_load_type(),
-            io_manager_name="DedupDuckDBIOManager",
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame")
+        table = context.asset_key.path[-1]
+        target = f"{quote_ident(self.schema_)}.{quote_ident(table)}"
+        columns: list[str] = []
+        values: list[str] = []
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            if len(keys) != 1:
+                raise ValueError(f"{table}: one partition per run expected, got {len(keys)}")
+            columns, value_lists = _partition_filter(
+                context.asset_partitions_def, _partition_expr(context), keys
+            )
+            values = [v[0] for v in value_lists]
+            for column, value in zip(columns, values):
+                if column not in obj.columns:
+                    raise ValueError(f"{table}: the frame has no partition column {column!r}")
+                if obj.height and not (obj[column] == value).all():
+                    raise ValueError(f"{table}: rows outside partition {column}={value!r}")
+        frame = obj.to_arrow()  # noqa: F841 - referenced by name in the SQL below
+        with locked_connection(
+            self.database, timeout_s=self.lock_timeout_s, log=context.log
+        ) as (con, waited):
+            con.execute(f"create schema if not exists {quote_ident(self.schema_)}")
+            con.execute("begin transaction")
+            con.execute(f"create table if not exists {target} as select * from frame limit 0")
+            existing = {
+                r[0]
+                for r in con.execute(
+                    "select column_name from information_schema.columns"
+                    " where table_schema = ? and table_name = ?",
+                    [self.schema_, table],
+                ).fetchall()
+            }
+            for name in obj.columns:
+                if name not in existing:  # a column added by a newer version of the asset
+                    sql_type = con.execute(
+                        f"describe select {quote_ident(name)} from frame"
+                    ).fetchone()[1]
+                    con.execute(f"alter table {target} add column {quote_ident(name)} {sql_type}")
+            if columns:
+                where = " and ".join(f"{quote_ident(c)} = ?" for c in columns)
+                con.execute(f"delete from {target} where {where}", values)
+            else:
+                con.execute(f"delete from {target}")
+            con.execute(f"insert into {target} by name select * from frame")
+            con.execute("commit")
+            self._publish(table, values, obj)
+        context.add_output_metadata(
+            {
+                "row_count": obj.height,
+                "table": f"{self.schema_}.{table}",
+                "duckdb_lock_wait_s": round(waited, 3),
+                "dataframe_columns": MetadataValue.table_schema(
+                    TableSchema(columns=[TableColumn(n, str(t)) for n, t in obj.schema.items()])
+                ),
+            }
         )
+
+    def load_input(self, context: InputContext) -> pl.DataFrame:
+        table = context.asset_key.path[-1]
+        target = f"{quote_ident(self.schema_)}.{quote_ident(table)}"
+        clauses: list[str] = []
+        params: list = []
+        if context.has_asset_partitions:
+            keys = context.asset_partition_keys
+            upstream_def = context.upstream_output.definition_metadata if context.upstream_output else {}
+            expr = upstream_def.get("partition_expr") if upstream_def else None
+            expr = expr.value if hasattr(expr, "value") else expr
+            columns, value_lists = _partition_filter(context.asset_partitions_def, expr, keys)
+            sql, p = _where_in(columns, value_lists)
+            clauses.append(sql)
+            params += p
+        match = (context.definition_metadata or {}).get(MATCH_DOWNSTREAM)
+        if match:
+            step_key = context.partition_key
+            if not isinstance(step_key, MultiPartitionKey):
+                raise ValueError(f"{table}: {MATCH_DOWNSTREAM} needs a multi-partitioned step")
+            clauses.append(f"t.{quote_ident(match)} = ?")
+            params.append(step_key.keys_by_dimension[match])
+        where = f" where {' and '.join(clauses)}" if clauses else ""
+        columns = (context.definition_metadata or {}).get("columns")
+        select = ", ".join(f"t.{quote_ident(c)}" for c in columns) if columns else "t.*"
+        with locked_connection(
+            self.database, read_only=True, timeout_s=self.lock_timeout_s, log=context.log
+        ) as (con, _):
+            exists = con.execute(
+                "select count(*) from information_schema.tables"
+                " where table_schema = ? and table_name = ?",
+                [self.schema_, table],
+            ).fetchone()[0]
+            if not exists:
+                raise FileNotFoundError(
+                    f"table {self.schema_}.{table} does not exist in {self.database}: "
+                    f"materialise {table} first"
+                )
+            return con.execute(f"select {select} from {target} t{where}", params).pl()

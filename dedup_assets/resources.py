@@ -171,5 +171,7 @@ class OverridesResource(DuckDBResource):
 
     def load(self, collection: str) -> pl.DataFrame:
         """The collection's overrides, latest row per pair (see :mod:`dedup_assets.core.overrides`)."""
-        with self.get_connection() as con:
+        from .io_manager import locked_connection  # the same writer lock as the IO manager
+
+        with locked_connection(self.database) as (con, _):
             return overrides.load_overrides(con, collection, self.schema_name)

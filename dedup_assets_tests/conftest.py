@@ -1,12 +1,19 @@
-"""Shared fixtures: Azurite (the Azure Storage emulator) for the Azure tests."""
+"""Shared test settings and fixtures.
+
+- 4 shards per collection (``DEDUP_SHARDS``, read when the partitions load) keeps the many
+  small Dagster runs of a collection few.
+- Azurite (the Azure Storage emulator) for the Azure tests.
+"""
 
 from __future__ import annotations
 
 import os
 
-import pytest
+os.environ.setdefault("DEDUP_SHARDS", "4")
 
-from dedup_assets.azurite import Azurite, AzuriteError
+import pytest  # noqa: E402
+
+from dedup_assets.azurite import Azurite, AzuriteError  # noqa: E402
 
 #: Set to 1 to skip the Azure tests when Azurite cannot run here (never honoured under CI).
 OPT_OUT = "DEDUP_SKIP_AZURITE"

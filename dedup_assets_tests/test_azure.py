@@ -20,6 +20,7 @@ from dagster_azure.blob import (
 from PIL import Image
 
 from dedup_assets.assets import ALL_ASSETS
+from dedup_assets.runner import materialize_collection
 from dedup_assets.cli import main
 from dedup_assets.core.azure_retry import THROTTLE
 from dedup_assets.core.azure_store import (
@@ -107,13 +108,10 @@ def local_run(tree, tmp_path_factory):
     """The reference: the same files deduplicated from a local folder."""
     out = tmp_path_factory.mktemp("local-out")
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
     resources = build_resources(
         source_root=str(tree.parent), output_root=str(out), database=str(out / "local.duckdb")
     )
-    result = materialize(
-        ALL_ASSETS, partition_key=COLLECTION, resources=resources, instance=instance, run_config=_config()
-    )
+    result = materialize_collection(instance, COLLECTION, resources, op_config=_op_config())
     assert result.success
     dedup = out / f"{COLLECTION}_deduplicated"
     return (dedup / REPORT_NAME).read_text(), _files(dedup)
@@ -133,10 +131,10 @@ def env(azurite):
     os.environ.update(saved)
 
 
-def _config(stage1_workers: int = 1) -> dict:
+def _op_config(stage1_workers: int = 1) -> dict:
     """Inline stages (fast) unless stage 1 is asked to read in worker processes."""
     workers = {"wavelet_hashes": stage1_workers, "global_groups": 1, "local_groups": 1, "review_gallery": 1}
-    return {"ops": {op: {"config": {"workers": n}} for op, n in workers.items()}}
+    return {op: {"workers": n} for op, n in workers.items()}
 
 
 COPY_STAGES = [a for a in ALL_ASSETS if a.key.path[-1] in ("deduplicated_files", "image_report")]
@@ -145,18 +143,20 @@ COPY_STAGES = [a for a in ALL_ASSETS if a.key.path[-1] in ("deduplicated_files",
 def _run_azure(store: AzureBlobStoreResource, db: Path, *, stage1_workers=1, only_copies=False):
     """Materialise the graph (or only its output stages, the rest read back from DuckDB)."""
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
-    config = _config(stage1_workers)
+    resources = build_resources(store=store, database=str(db))
     if only_copies:
-        config = {}
-    result = materialize(
-        ALL_ASSETS,
-        selection=COPY_STAGES if only_copies else None,
-        partition_key=COLLECTION,
-        resources=build_resources(store=store, database=str(db)),
-        instance=instance,
-        run_config=config,
-    )
+        instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
+        result = materialize(
+            ALL_ASSETS,
+            selection=COPY_STAGES,
+            partition_key=COLLECTION,
+            resources=resources,
+            instance=instance,
+        )
+    else:
+        result = materialize_collection(
+            instance, COLLECTION, resources, op_config=_op_config(stage1_workers)
+        )
     assert result.success
     return result, instance
 
@@ -206,10 +206,11 @@ def test_azure_run_matches_local_run(env, azurite, service, uploaded, local_run,
     # the inventory carries Azure's Content-MD5 and etags
     inv = result.asset_materializations_for_node("blob_inventory")[0].metadata
     assert inv["images"].value == rows
-    # no secret anywhere in the run's events or its stored config
-    events = instance.all_logs(result.run_id)
-    text = "\n".join(str(e) for e in events) + str(instance.get_run_by_id(result.run_id).run_config)
-    assert AZURITE_KEY not in text and AZURITE_KEY[:20] not in text
+    # no secret anywhere in the runs' events or their stored config (inventory, shards, rest)
+    for run_id in result.run_ids:
+        events = instance.all_logs(run_id)
+        text = "\n".join(str(e) for e in events) + str(instance.get_run_by_id(run_id).run_config)
+        assert AZURITE_KEY not in text and AZURITE_KEY[:20] not in text
     # a re-run copies nothing
     again, _ = _run_azure(store, tmp_path / "az.duckdb", only_copies=True)
     assert _copied(again) == {"copied": 0, "skipped_identical": rows - local_report.count(",Error,"), "stale_removed": 0}

@@ -15,15 +15,14 @@ from urllib.parse import unquote
 import duckdb
 import polars as pl
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
-from dedup_assets.assets import ALL_ASSETS
 from dedup_assets.core import gallery, overrides
 from dedup_assets.core.grouping import components, select_keepers
 from dedup_assets.core.sample import make_sample_collection
 from dedup_assets.core.store import LocalFolderStore
 from dedup_assets.definitions import build_resources
-from dedup_assets.partitions import collections_partitions
+from dedup_assets.runner import materialize_collection
 
 COLLECTION = "sample-photos"
 REPO = Path(__file__).resolve().parents[1]
@@ -268,14 +267,13 @@ def sample_run(tmp_path_factory):
     truth = make_sample_collection(root / COLLECTION)
     out = tmp_path_factory.mktemp("gallery-out")
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
     db = out / "dedup_assets.duckdb"
     resources = build_resources(source_root=str(root), output_root=str(out), database=str(db))
 
     def run():
-        result = materialize(
-            ALL_ASSETS, partition_key=COLLECTION, resources=resources, instance=instance,
-            run_config={"ops": {n: {"config": {"workers": 1}} for n in ("wavelet_hashes", "review_gallery")}},
+        result = materialize_collection(
+            instance, COLLECTION, resources,
+            op_config={n: {"workers": 1} for n in ("wavelet_hashes", "review_gallery")},
         )
         assert result.success
         return result

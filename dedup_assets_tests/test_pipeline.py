@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
 
 from dedup_assets.assets import ALL_ASSETS
 from dedup_assets.cli import main, report_path
 from dedup_assets.core.report import LEGACY_COLUMNS
 from dedup_assets.core.sample import make_sample_collection
 from dedup_assets.definitions import build_resources
-from dedup_assets.partitions import collections_partitions
+from dedup_assets.runner import materialize_collection
 
 COLLECTION = "sample-photos"
 
@@ -48,16 +53,13 @@ def pipeline_run(sample, tmp_path_factory):
     source, truth = sample
     out = tmp_path_factory.mktemp("out")
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(collections_partitions.name, [COLLECTION])
     resources = build_resources(
         source_root=str(source.parent), output_root=str(out), database=str(out / "dedup_assets.duckdb")
     )
 
-    def run():
-        result = materialize(
-            ALL_ASSETS, partition_key=COLLECTION, resources=resources, instance=instance
-        )
-        assert result.success
+    def run(expect_success: bool = True):
+        result = materialize_collection(instance, COLLECTION, resources)
+        assert result.success == expect_success
         return result
 
     return run, out, truth, source
@@ -179,6 +181,152 @@ def test_cli_refuses_output_inside_source(sample):
 def test_ground_truth_is_written(sample):
     source, truth = sample
     assert json.loads((source / "ground_truth.json").read_text()) == truth
+
+
+# ----------------------------------------------------------------- analysts, checks, crashes
+
+TABLE_KEYS = {
+    "blob_inventory": ["collection", "path"],
+    "wavelet_hashes": ["collection", "path"],
+    "color_groups": ["collection", "path_a", "path_b", "source"],
+    "global_groups": ["collection", "path_a", "path_b", "source"],
+    "local_groups": ["collection", "path_a", "path_b", "source"],
+    "best_selection": ["collection", "path"],
+    "deduplicated_files": ["collection", "path"],
+    "image_report": ["collection", '"Image Path"'],
+}
+
+
+def _ensure_run(pipeline_run) -> Path:
+    run, out, _, _ = pipeline_run
+    report = out / f"{COLLECTION}_deduplicated" / "image_report.csv"
+    if not report.exists():
+        run()
+    return report
+
+
+def readme_queries() -> dict[str, str]:
+    """The analyst queries of README.md (`-- name: …` blocks of its SQL examples)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    queries: dict[str, str] = {}
+    for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S):
+        parts = re.split(r"^-- name: (\w+)\n", block, flags=re.M)
+        for name, sql in zip(parts[1::2], parts[2::2]):
+            queries[name] = sql.strip()
+    return queries
+
+
+def test_readme_analyst_queries_on_the_published_snapshot(pipeline_run):
+    report = _ensure_run(pipeline_run)
+    _, out, truth, source = pipeline_run
+    rows = _read_report(report)
+    queries = readme_queries()
+    assert set(queries) == {"largest_groups", "space_saved", "keeper_quality", "joining_pairs", "errors"}
+    # the pipeline's own file is held open for writing, as during a run: analysts are not blocked
+    writer = duckdb.connect(str(out / "dedup_assets.duckdb"))
+    analyst = duckdb.connect(str(out / "dedup_assets_analyst.duckdb"), read_only=True)
+    try:
+        result = {name: analyst.execute(sql).fetchall() for name, sql in queries.items()}
+    finally:
+        analyst.close()
+        writer.close()
+    assert result["largest_groups"][0][2] == max(len(g) for g in truth["groups"])
+    assert len(result["largest_groups"]) == len(truth["groups"])
+    duplicates = [r for r in rows if r["Status"] == "Duplicate"]
+    [(collection, n, saved, _)] = result["space_saved"]
+    assert (collection, n) == (COLLECTION, len(duplicates))
+    assert saved == sum(int(r["File Size"]) for r in duplicates)
+    keepers = {r["Image Path"] for r in rows if r["Status"] == "Best"}
+    assert {r[2] for r in result["keeper_quality"]} == keepers
+    group_of = {p: i for i, g in enumerate(truth["groups"]) for p in g}
+    assert result["joining_pairs"] and all(
+        group_of.get(a) is not None and group_of.get(a) == group_of.get(b)
+        for _, a, b, *_ in result["joining_pairs"]
+    )
+    assert sorted(r[1] for r in result["errors"]) == sorted(truth["unreadable"])
+
+
+def test_failing_check_blocks_copies_and_report(pipeline_run):
+    from dedup_assets.io_manager import locked_connection
+
+    report = _ensure_run(pipeline_run)
+    run, out, _, _ = pipeline_run
+    db = str(out / "dedup_assets.duckdb")
+    before = report.stat().st_mtime_ns
+    # corrupt the results: one image analysed twice (as stale rows of another shard would be)
+    with locked_connection(db) as (con, _):
+        path, shard = con.execute(
+            "select path, shard from dedup.wavelet_hashes where status = 'ok' order by path limit 1"
+        ).fetchone()
+        other = "s000" if shard != "s000" else "s001"
+        con.execute(
+            "insert into dedup.wavelet_hashes select * replace (? as shard)"
+            " from dedup.wavelet_hashes where path = ?",
+            [other, path],
+        )
+    bad = run(expect_success=False)  # same instance: no shard is stale, the bad row stays
+    evaluations = {e.check_name: e for e in bad.results[-1].get_asset_check_evaluations()}
+    assert not evaluations["every_image_once"].passed
+    assert path in evaluations["every_image_once"].metadata["problems"].value["duplicated"]
+    assert bad.asset_materializations_for_node("image_report") == []
+    assert bad.asset_materializations_for_node("deduplicated_files") == []
+    assert report.stat().st_mtime_ns == before  # the report was not rewritten
+    with locked_connection(db) as (con, _):
+        con.execute("delete from dedup.wavelet_hashes where path = ? and shard = ?", [path, other])
+    assert run().success
+
+
+def test_killed_run_resumes_with_identical_results(sample, pipeline_run, tmp_path):
+    """SIGKILL `dedup-assets run` in the middle of stage 1, start it again: the same results as
+    an uninterrupted run, no image lost, no row duplicated, no file copied twice."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    reference = _ensure_run(pipeline_run)  # uninterrupted, in-process, 4 shards
+    _, ref_out, _, _ = pipeline_run
+    source, _ = sample
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "DEDUP_SHARDS": "8"}
+    cmd = [sys.executable, "-m", "dedup_assets.cli", "run", str(source), "--output", str(out), "--workers", "1"]
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "stage 1: shard" in line and "(2/8)" in line:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(out / ".dedup_state" / "dagster")))
+    done = instance.get_materialized_partitions(AssetKey("wavelet_hashes"))
+    assert 2 <= len(done) < 8  # killed mid stage 1
+    assert not (out / f"{COLLECTION}_deduplicated").exists()
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"shards:     8 ({len(done)} already analysed)" in again.stdout
+    rows = _read_report(reference)
+    copied = sum(r["Status"] != "Error" for r in rows)
+    assert f"copies:     {copied} copied, 0 already present" in again.stdout
+
+    resumed = out / f"{COLLECTION}_deduplicated"
+    assert (resumed / "image_report.csv").read_text() == reference.read_text()
+    files = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert files(resumed) == files(ref_out / f"{COLLECTION}_deduplicated")
+
+    con = duckdb.connect(str(out / ".dedup_state" / "dedup_assets.duckdb"), read_only=True)
+    ref = duckdb.connect(str(ref_out / "dedup_assets.duckdb"), read_only=True)
+    try:
+        for table, key in TABLE_KEYS.items():
+            n, distinct = con.execute(
+                f"select count(*), count(distinct ({', '.join(key)})) from dedup.{table}"
+            ).fetchone()
+            assert n == distinct, f"duplicated rows in {table}"
+            assert n == ref.execute(f"select count(*) from dedup.{table}").fetchone()[0], table
+    finally:
+        con.close()
+        ref.close()
 
 
 def test_bench_accuracy_on_the_sample_collection(sample, tmp_path, capsys):

@@ -91,9 +91,17 @@ def constrained_components(
     return np.array([uf.find(i) for i in range(n)], dtype=np.int64), refused
 
 
-def group_id(member_paths: Sequence[str]) -> str:
-    """A stable id for a group: a short hash of its first path (paths sorted)."""
-    return "g" + hashlib.sha1(min(member_paths).encode("utf-8")).hexdigest()[:12]
+def group_id(member_paths: Sequence[str], namespace: str | None = None) -> str:
+    """A stable id for a group: a short hash of its first path (paths sorted).
+
+    With a ``namespace`` (the collection), the hash covers it too and is longer, so ids never
+    repeat across collections.
+    """
+    first = min(member_paths)
+    if namespace is None:
+        return "g" + hashlib.sha1(first.encode("utf-8")).hexdigest()[:12]
+    key = f"{namespace}\x00{first}".encode("utf-8", "surrogatepass")
+    return "g" + hashlib.sha1(key).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ def select_keepers(
     file_size: Sequence[int],
     edges: Sequence[tuple[int, int]],
     cannot_link: Sequence[tuple[int, int]] = (),
+    namespace: str | None = None,
 ) -> Selection:
     """Status, group and keeper for every image.
 
@@ -139,7 +148,7 @@ def select_keepers(
     keeper: list[str | None] = [None] * n
     for idxs in members.values():
         best = min(idxs, key=lambda i: (-float(quality[i]), -int(pixels[i]), -int(file_size[i]), paths[i]))
-        g = group_id([paths[i] for i in idxs])
+        g = group_id([paths[i] for i in idxs], namespace)
         for i in idxs:
             gid[i] = g
             size[i] = len(idxs)

@@ -1,0 +1,90 @@
+"""What is done and what is stale, read from the Dagster instance only (never from DuckDB).
+
+A shard of a collection is *stale* when it was never analysed or when the fingerprint of its
+inventory (paths, sizes, etags; recorded by ``blob_inventory`` per shard) differs from the one
+``wavelet_hashes`` recorded when it analysed the shard. A collection's later stages are
+*stale* when some shard was analysed after its last ``image_report``. The CLI uses this to
+resume after a crash; the automation sensor uses it to request exactly the missing runs.
+"""
+
+from dataclasses import dataclass, field
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
+
+from .partitions import SHARD_KEYS, shard_partition_key
+
+INVENTORY = AssetKey("blob_inventory")
+STAGE1 = AssetKey("wavelet_hashes")
+LAST = AssetKey("image_report")
+
+
+def _latest(instance: DagsterInstance, key: AssetKey, partitions: set[str] | None = None) -> dict:
+    """partition key -> latest materialisation record."""
+    ids = instance.get_latest_storage_id_by_partition(
+        key, DagsterEventType.ASSET_MATERIALIZATION, partitions
+    )
+    if not ids:
+        return {}
+    out = {}
+    storage_ids = sorted(ids.values())
+    for i in range(0, len(storage_ids), 1000):
+        chunk = storage_ids[i : i + 1000]
+        result = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=key, storage_ids=chunk), limit=len(chunk)
+        )
+        out.update({r.partition_key: r for r in result.records})
+    return out
+
+
+def _meta(record, name: str):
+    value = record.asset_materialization.metadata.get(name)
+    return getattr(value, "value", value)
+
+
+@dataclass
+class CollectionState:
+    collection: str
+    inventoried: bool = False
+    images: int = 0
+    stale_shards: list[str] = field(default_factory=list)
+    shard_fingerprints: dict[str, str] = field(default_factory=dict)
+    last_shard_storage_id: int = 0
+    report_storage_id: int = 0
+
+    @property
+    def needs_collection_run(self) -> bool:
+        return (
+            self.inventoried
+            and not self.stale_shards
+            and self.report_storage_id < self.last_shard_storage_id
+        )
+
+
+def collection_states(instance: DagsterInstance, collections: list[str]) -> dict[str, CollectionState]:
+    """The state of each collection partition."""
+    wanted = set(collections)
+    inventories = _latest(instance, INVENTORY, wanted)
+    shard_keys = {str(shard_partition_key(c, s)) for c in inventories for s in SHARD_KEYS}
+    shards = _latest(instance, STAGE1, shard_keys) if shard_keys else {}
+    reports = _latest(instance, LAST, wanted)
+    states = {}
+    for c in collections:
+        state = states[c] = CollectionState(c)
+        inventory = inventories.get(c)
+        if inventory is None:
+            continue
+        state.inventoried = True
+        state.images = int(_meta(inventory, "images") or 0)
+        fingerprints = _meta(inventory, "shard_fingerprints") or {}
+        state.shard_fingerprints = dict(fingerprints)
+        for s in SHARD_KEYS:
+            record = shards.get(str(shard_partition_key(c, s)))
+            if record is None or fingerprints.get(s) is None:
+                state.stale_shards.append(s)
+                continue
+            if _meta(record, "inventory_fingerprint") != fingerprints[s]:
+                state.stale_shards.append(s)
+            state.last_shard_storage_id = max(state.last_shard_storage_id, record.storage_id)
+        if c in reports:
+            state.report_storage_id = reports[c].storage_id
+    return states
