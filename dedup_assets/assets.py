@@ -425,6 +425,14 @@ def global_groups(
         rotation_threshold=config.min_rotation_similarity,
         workers=config.workers or default_workers(),
     )
+    # byte-identical pairs are already joined: a discovery of the same pair is not a new one
+    exact_keys = set(exact.select(*PAIR_KEY).iter_rows())
+    new = np.array([(paths[p.a], paths[p.b]) not in exact_keys for p in res.found], dtype=bool)
+    res.found = [p for p, keep in zip(res.found, new) if keep]
+    res.found_similarity = res.found_similarity[new] if new.size else res.found_similarity
+    res.found_rotation_similarity = (
+        res.found_rotation_similarity[new] if new.size else res.found_rotation_similarity
+    )
     stats, found = res.stats, res.found
     for path, err in stats.read_errors.items():
         context.log.warning(f"global stage could not read {path!r}: {err}")
