@@ -141,8 +141,13 @@ class EmbedderResource(ConfigurableResource):
     )
     cache_dir: str | None = Field(default=None, description="open_clip / HF cache folder.")
     device: str = Field(default="auto", description="auto, cpu, cuda or mps.")
-    precision: str = Field(default="auto", description="auto, fp32, bf16 or fp16.")
+    precision: str = Field(
+        default="auto",
+        description="auto (fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16, kept only if cosine "
+        ">= 0.999 to fp32 on a probe batch; else fp32), fp32, bf16 or fp16.",
+    )
     batch_size: int = Field(default=32)
+    threads: int = Field(default=0, description="torch threads for the model (0: torch's default).")
     allow_random_weights: bool = Field(
         default=False, description="Use randomly initialised weights (tests only)."
     )
@@ -158,6 +163,7 @@ class EmbedderResource(ConfigurableResource):
                 device=self.device,
                 precision=self.precision,
                 batch_size=self.batch_size,
+                threads=self.threads or None,
                 allow_random_weights=self.allow_random_weights,
                 cache_dir=self.cache_dir,
             )

@@ -108,7 +108,9 @@ def _assert_unit_rows(x: np.ndarray, n: int, dim: int) -> None:
 
 
 def test_tiny_clip_random_weights(photos):
-    emb = load_embedder(model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu")
+    emb = load_embedder(
+        model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu", precision="fp32"
+    )
     assert isinstance(emb, ClipEmbedder)
     assert emb.info.kind == "clip"
     assert emb.info.model == "dedup-tiny"
@@ -126,12 +128,39 @@ def test_tiny_clip_random_weights(photos):
 
 
 def test_tiny_clip_fast_preprocess_matches_pil_transform(photos):
-    emb = load_embedder(model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu")
+    emb = load_embedder(
+        model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu", precision="fp32"
+    )
     imgs = list(photos.values())
     fast = emb.embed(imgs)
     emb.fast_preprocess = False
     pil = emb.embed(imgs)
     assert np.min(np.sum(fast * pil, axis=1)) > 0.999
+
+
+def test_auto_precision_is_measured_against_fp32(photos):
+    from dedup_assets.core.embeddings import MIN_PRECISION_COSINE, cpu_has_fast_bf16
+
+    auto = load_embedder(model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu")
+    assert isinstance(auto, ClipEmbedder)
+    if cpu_has_fast_bf16():
+        assert auto.info.precision == "bf16"
+        assert auto.info.precision_cosine >= MIN_PRECISION_COSINE
+        # the recorded cosine is what the model really gives: same weights in fp32
+        import torch
+
+        imgs = list(photos.values())
+        low = auto.embed(imgs)
+        auto.model.to(torch.float32)
+        auto.dtype = torch.float32
+        assert np.min(np.sum(low * auto.embed(imgs), axis=1)) > 0.99
+    else:
+        assert auto.info.precision == "fp32" and auto.info.precision_cosine is None
+    # an explicit bf16 request is honoured and measured too
+    bf16 = load_embedder(
+        model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu", precision="bf16"
+    )
+    assert bf16.info.precision == "bf16" and 0.9 < bf16.info.precision_cosine <= 1.0 + 1e-6
 
 
 def test_random_weights_need_explicit_permission(caplog):
@@ -157,7 +186,7 @@ def test_checkpoint_roundtrip(tmp_path, photos, wrap):
     sd = model.state_dict()
     torch.save(sd if wrap == "raw" else {"state_dict": sd, "epoch": 3}, path)
 
-    emb = load_embedder(model_name="dedup-tiny", checkpoint_path=str(path), device="cpu")
+    emb = load_embedder(model_name="dedup-tiny", checkpoint_path=str(path), device="cpu", precision="fp32")
     assert isinstance(emb, ClipEmbedder), emb.info.fallback_reason
     assert emb.info.kind == "clip"
     assert emb.info.weights == str(path)
@@ -171,6 +200,17 @@ def test_checkpoint_roundtrip(tmp_path, photos, wrap):
         ref = torch.nn.functional.normalize(model.encode_image(batch).float(), dim=-1).numpy()
     emb.fast_preprocess = False
     np.testing.assert_allclose(emb.embed(imgs), ref, atol=1e-5)
+
+    # the documented setting (README: DEDUP_CLIP_CHECKPOINT -> EmbedderResource.checkpoint_path)
+    from dedup_assets.resources import EmbedderResource
+
+    res = EmbedderResource(model_name="dedup-tiny", checkpoint_path=str(path), device="cpu", precision="fp32")
+    via_resource = res.get_embedder()
+    assert isinstance(via_resource, ClipEmbedder), via_resource.info.fallback_reason
+    assert via_resource.info.weights == str(path)
+    assert via_resource.info.weights_fingerprint == emb.info.weights_fingerprint
+    via_resource.fast_preprocess = False
+    np.testing.assert_allclose(via_resource.embed(imgs), ref, atol=1e-5)
 
     # a different random init gives different embeddings (the weights really were loaded)
     other = load_embedder(model_name="dedup-tiny", pretrained="random", allow_random_weights=True, device="cpu")

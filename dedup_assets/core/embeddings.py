@@ -51,6 +51,19 @@ class EmbedderInfo:
     precision: str  # "fp32" / "bf16" / "fp16"
     fallback_reason: str | None  # why CLIP was not used (human readable); None if CLIP is used
     dim: int
+    #: min cosine, on a probe batch of real photos, of this precision's embeddings against fp32
+    #: (None: fp32, or not measured)
+    precision_cosine: float | None = None
+    #: version of the input preprocessing (part of the embedding-cache key)
+    preprocess: str = ""
+    #: fingerprint of the weights (sampled parameter values; part of the embedding-cache key)
+    weights_fingerprint: str = ""
+
+    def cache_key(self) -> str:
+        """What embeddings depend on: model, weights, precision, preprocessing."""
+        return "|".join(
+            (self.kind, self.model, self.weights, self.weights_fingerprint, self.precision, self.preprocess)
+        )
 
 
 class Embedder(ABC):
@@ -68,6 +81,16 @@ class Embedder(ABC):
     @property
     def dim(self) -> int:
         return self.info.dim
+
+    @property
+    def input_transform(self) -> Any:
+        """A picklable per-image uint8 transform decode workers may apply before
+        :meth:`embed_uint8` (None: ``embed`` takes the decoded images as they are)."""
+        return None
+
+    def embed_uint8(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings of images already through :attr:`input_transform`."""
+        return self.embed(list(batch))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -261,17 +284,71 @@ class DescriptorEmbedder(Embedder):
 # --------------------------------------------------------------------------------------
 
 
+#: Version of :class:`ClipInput` (embedding-cache key): bump when its pixels change.
+CLIP_PREPROCESS_VERSION = "cv2-cubic-crop-v1"
+
+
+@dataclass(frozen=True)
+class ClipInput:
+    """The model's eval transform on ``uint8`` pixels, in OpenCV (picklable: decode workers run it).
+
+    ``resize_mode`` ``shortest`` (open_clip's default): the shorter side is resized to the
+    model's size (torchvision ``Resize(int)`` rule: the longer side truncated) and the centre
+    cropped; ``longest``: fit inside and pad with ``fill_color``; ``squash``: resize to the size.
+    Resizing is ``cv2.INTER_CUBIC`` (``INTER_AREA`` when shrinking by 2 or more, where cubic
+    would alias), on uint8, which is within ~1 grey level (mean absolute error) of open_clip's
+    PIL bicubic. The decode pipeline gives it a JPEG decoded at reduced DCT scale whose short
+    side still covers the size (:meth:`cover_short_side`), so a 2 MP JPEG is never decoded at
+    full resolution. Normalisation (mean / std) is left to the batched tensor op in
+    :meth:`ClipEmbedder.embed_uint8`.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @property
+    def cover_short_side(self) -> int:
+        """Short side an input needs so that this transform never upscales (``shortest``)."""
+        return max(self.size)
+
+    def _resize(self, rgb: np.ndarray, nw: int, nh: int) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if (h, w) == (nh, nw):
+            return rgb
+        interp = cv2.INTER_AREA if (h >= 2 * nh and w >= 2 * nw) else cv2.INTER_CUBIC
+        return cv2.resize(rgb, (nw, nh), interpolation=interp)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        rgb = _as_rgb_uint8(image)
+        th, tw = self.size
+        h, w = rgb.shape[:2]
+        if self.resize_mode == "squash":
+            return np.ascontiguousarray(self._resize(rgb, tw, th))
+        if self.resize_mode == "longest":
+            s = min(th / h, tw / w)
+            nh, nw = max(1, min(th, round(h * s))), max(1, min(tw, round(w * s)))
+            out = np.full((th, tw, 3), self.fill_color, np.uint8)
+            top, left = (th - nh) // 2, (tw - nw) // 2
+            out[top : top + nh, left : left + nw] = self._resize(rgb, nw, nh)
+            return out
+        if th == tw:  # torchvision Resize(int): shorter side -> size, longer side truncated
+            nh, nw = (th, max(th, int(th * w / h))) if h <= w else (max(th, int(th * h / w)), th)
+        else:
+            s = max(th / h, tw / w)
+            nh, nw = max(th, round(h * s)), max(tw, round(w * s))
+        r = self._resize(rgb, nw, nh)
+        top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+        return np.ascontiguousarray(r[top : top + th, left : left + tw])
+
+
 class ClipEmbedder(Embedder):
     """Image tower of an ``open_clip`` model.  Create it with :func:`load_embedder`.
 
-    Preprocessing (``fast_preprocess=True``, the default) is a batched tensor
-    re-implementation of the model's own eval transform: resize with
-    antialiased bicubic (``torch.nn.functional.interpolate``) according to the
-    model's ``resize_mode`` (``shortest`` -> cover + centre crop, ``longest`` ->
-    fit + pad with ``fill_color``, ``squash``), scale to [0, 1] and normalise
-    with the model's mean / std.  Very large inputs are first area-reduced with
-    OpenCV to twice the target size, which is visually indistinguishable and
-    much cheaper.  ``fast_preprocess=False`` uses open_clip's PIL transform.
+    Preprocessing (``fast_preprocess=True``, the default): :class:`ClipInput` (OpenCV resize
+    and centre crop on uint8, per image, usually already done in the decode workers), then one
+    batched tensor op per batch scales to [0, 1] and normalises with the model's mean / std
+    (:meth:`embed_uint8`). ``fast_preprocess=False`` uses open_clip's PIL transform.
     """
 
     def __init__(
@@ -300,79 +377,71 @@ class ClipEmbedder(Embedder):
         if isinstance(size, int):
             size = (size, size)
         self.size: tuple[int, int] = (int(size[0]), int(size[1]))
-        self.mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=torch.float32)
-        self.std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=torch.float32)
-        self.resize_mode = cfg.get("resize_mode", "shortest") or "shortest"
-        self.interpolation = cfg.get("interpolation", "bicubic") or "bicubic"
-        self.fill_color = int(cfg.get("fill_color", 0) or 0)
-        if self.resize_mode not in ("shortest", "longest", "squash") or self.interpolation not in (
-            "bicubic",
-            "bilinear",
-        ):
+        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=torch.float32)
+        self.mean, self.std = mean, std
+        # x_norm = (x / 255 - mean) / std = x * scale - shift  (one fused op per batch)
+        self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+        self._shift = (mean / std).view(1, 3, 1, 1)
+        resize_mode = cfg.get("resize_mode", "shortest") or "shortest"
+        interpolation = cfg.get("interpolation", "bicubic") or "bicubic"
+        if resize_mode not in ("shortest", "longest", "squash") or interpolation not in ("bicubic", "bilinear"):
             self.fast_preprocess = False
+        self.input = ClipInput(self.size, resize_mode, int(cfg.get("fill_color", 0) or 0))
+        if not self.info.preprocess:
+            self.info.preprocess = CLIP_PREPROCESS_VERSION if self.fast_preprocess else "open_clip-pil"
+
+    @property
+    def input_transform(self) -> ClipInput | None:
+        """Per-image uint8 transform the decode workers apply (None: give ``embed`` raw images)."""
+        return self.input if self.fast_preprocess else None
 
     # -- preprocessing -----------------------------------------------------------------
-    def _resize_one(self, rgb: np.ndarray) -> "Any":
-        """uint8 (H, W, 3) -> float32 tensor (3, th, tw) in [0, 255]."""
+    def _normalise(self, batch: np.ndarray) -> "Any":
+        """(n, H, W, 3) uint8 -> (n, 3, H, W) normalised tensor on the device, model dtype."""
         torch = self._torch
-        F = torch.nn.functional
-        th, tw = self.size
-        h, w = rgb.shape[:2]
-        if self.resize_mode == "squash":
-            nh, nw = th, tw
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            scale, shift = self._scale.to(self.device), self._shift.to(self.device)
         else:
-            scale = max(th / h, tw / w) if self.resize_mode == "shortest" else min(th / h, tw / w)
-            if self.resize_mode == "shortest" and th == tw:
-                # torchvision Resize(int): shorter side -> size, longer side truncated
-                if h <= w:
-                    nh, nw = th, int(th * w / h)
-                else:
-                    nh, nw = int(th * h / w), th
-            else:
-                nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        # cheap, high-quality pre-reduction of very large inputs
-        if h > 4 * nh and w > 4 * nw:
-            rgb = cv2.resize(rgb, (2 * nw, 2 * nh), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
-        if (x.shape[-2], x.shape[-1]) != (nh, nw):
-            x = F.interpolate(x, size=(nh, nw), mode=self.interpolation, align_corners=False, antialias=True)
-            x = x.clamp_(0.0, 255.0)
-        x = x[0]
-        if self.resize_mode == "shortest":
-            top = int(round((nh - th) / 2.0))
-            left = int(round((nw - tw) / 2.0))
-            x = x[:, top : top + th, left : left + tw]
-        elif self.resize_mode == "longest":
-            canvas = torch.full((3, th, tw), float(self.fill_color), dtype=torch.float32)
-            top = (th - nh) // 2
-            left = (tw - nw) // 2
-            canvas[:, top : top + nh, left : left + nw] = x
-            x = canvas
-        return x
+            scale, shift = self._scale, self._shift
+        x = torch.addcmul(-shift, x.float(), scale)
+        return x.to(dtype=self.dtype).contiguous()
 
     def _prepare(self, images: Sequence[np.ndarray]) -> "Any":
         torch = self._torch
         if self.fast_preprocess:
-            batch = torch.stack([self._resize_one(_as_rgb_uint8(im)) for im in images])
-            batch = batch / 255.0
-            batch = (batch - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
-            return batch
+            return self._normalise(np.stack([self.input(im) for im in images]))
         from PIL import Image
 
-        return torch.stack([self.preprocess(Image.fromarray(_as_rgb_uint8(im))) for im in images])
+        batch = torch.stack([self.preprocess(Image.fromarray(_as_rgb_uint8(im))) for im in images])
+        return batch.to(self.device, dtype=self.dtype)
 
     # -- embedding ---------------------------------------------------------------------
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def _encode(self, x: "Any") -> np.ndarray:
         torch = self._torch
+        feats = self.model.encode_image(x).float()
+        return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         n = len(images)
         out = np.empty((n, self.info.dim), dtype=np.float32)
-        with torch.inference_mode():
+        with self._torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 chunk = images[start : start + self.batch_size]
-                x = self._prepare(chunk).to(self.device, dtype=self.dtype, non_blocking=True)
-                feats = self.model.encode_image(x).float()
-                feats = torch.nn.functional.normalize(feats, dim=-1)
-                out[start : start + len(chunk)] = feats.cpu().numpy()
+                out[start : start + len(chunk)] = self._encode(self._prepare(chunk))
+        return out
+
+    def embed_uint8(self, batch: np.ndarray) -> np.ndarray:
+        """Embeddings of ``(n, H, W, 3)`` uint8 inputs already through :attr:`input`."""
+        n = len(batch)
+        out = np.empty((n, self.info.dim), dtype=np.float32)
+        with self._torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                out[start : start + self.batch_size] = self._encode(
+                    self._normalise(batch[start : start + self.batch_size])
+                )
         return out
 
 
@@ -411,19 +480,83 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matrix products natively (AMX tiles or AVX512-BF16)."""
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(getattr(torch, "cpu", None), probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # pragma: no cover - defensive
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return " amx_bf16" in flags or " avx512_bf16" in flags
+    except OSError:  # pragma: no cover - not Linux
+        return False
+
+
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> fp16 on CUDA, fp32 elsewhere; bf16 / fp16 only when asked for."""
+    """``auto`` -> fp16 on CUDA, bf16 on a CPU with fast bf16 (AMX / AVX512-BF16), else fp32;
+    :func:`load_embedder` then keeps a reduced precision only if its embeddings stay within
+    cosine :data:`MIN_PRECISION_COSINE` of fp32 on a probe batch."""
     p = (precision or "auto").lower()
     aliases = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "amp": "auto"}
     p = aliases.get(p, p)
     if p == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
+        if device.startswith("cuda"):
+            return "fp16"
+        if device == "cpu" and cpu_has_fast_bf16():
+            return "bf16"
+        return "fp32"
     if p not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)")
     if p == "fp16" and device == "cpu":
         logger.warning("fp16 on CPU is slow / partly unsupported; using fp32 instead")
         return "fp32"
     return p
+
+
+#: a reduced precision chosen by ``precision="auto"`` must keep at least this cosine to fp32
+MIN_PRECISION_COSINE = 0.999
+
+
+def _probe_batch(size: tuple[int, int], n: int = 4) -> np.ndarray:
+    """(n, H, W, 3) uint8 real photos (scikit-image's samples; noise if unavailable)."""
+    imgs = []
+    try:
+        from .sample import PHOTOS, load_photo
+
+        for name in PHOTOS[:n]:
+            rgb = np.asarray(load_photo(name).convert("RGB"))
+            imgs.append(ClipInput(size)(rgb))
+    except Exception as exc:  # pragma: no cover - skimage data missing
+        logger.debug("probe photos unavailable (%s); using noise", exc)
+    rng = np.random.default_rng(0)
+    while len(imgs) < n:
+        imgs.append(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return np.stack(imgs)
+
+
+def _weights_fingerprint(model: Any) -> str:
+    """sha1 of ~64 sampled values of every parameter (tells weights apart, in milliseconds)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha1()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            flat = t.detach().reshape(-1)
+            if not flat.is_floating_point() or flat.numel() == 0:
+                continue
+            step = max(1, flat.numel() // 64)
+            h.update(name.encode())
+            h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -620,29 +753,50 @@ def load_embedder(
         what = f"checkpoint {load_file}" if load_file else f"weights {weights_label or 'none'}"
         return _fallback(f"could not build {model_name} with {what}: {_describe_error(exc)}")
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
     try:
-        model = model.to(device=dev, dtype=dtype).eval()
+        model = model.to(device=dev).eval()
+        fingerprint = _weights_fingerprint(model)
     except Exception as exc:
-        return _fallback(f"could not move {model_name} to {dev}/{prec}: {_describe_error(exc)}")
-
-    dim = int(getattr(getattr(model, "visual", None), "output_dim", 0) or 0)
-    if not dim:
-        with torch.inference_mode():
-            from open_clip.model import get_model_preprocess_cfg
-
-            size = get_model_preprocess_cfg(model).get("size", 224)
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            dim = int(model.encode_image(torch.zeros(1, 3, *size, device=dev, dtype=dtype)).shape[-1])
+        return _fallback(f"could not move {model_name} to {dev}: {_describe_error(exc)}")
 
     info = EmbedderInfo(
         kind="clip",
         model=model_name,
         weights=weights_label,
         device=dev,
-        precision=prec,
+        precision="fp32",
         fallback_reason=None,
-        dim=dim,
+        dim=int(getattr(getattr(model, "visual", None), "output_dim", 0) or 0),
+        weights_fingerprint=fingerprint,
     )
+    embedder = ClipEmbedder(model, preprocess, info, batch_size=batch_size)
+    probe = _probe_batch(embedder.size)
+    if not info.dim:
+        with torch.inference_mode():
+            info.dim = int(model.encode_image(embedder._normalise(probe[:1])).shape[-1])
+    ref = embedder.embed_uint8(probe)
+    if prec != "fp32":
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+        try:
+            model.to(dtype=dtype)
+            embedder.dtype = dtype
+            info.precision = prec
+            got = embedder.embed_uint8(probe)
+            info.precision_cosine = round(float(np.min(np.sum(got * ref, axis=1))), 6)
+        except Exception as exc:
+            logger.warning("%s in %s failed on %s (%s); using fp32", model_name, prec, dev, _describe_error(exc))
+            got, info.precision_cosine = None, None
+        ok = got is not None and info.precision_cosine >= MIN_PRECISION_COSINE
+        if not ok and (precision or "auto").lower() in ("auto", "amp"):
+            if got is not None:
+                logger.warning(
+                    "%s in %s keeps only cosine %.5f to fp32 (< %s); using fp32",
+                    model_name, prec, info.precision_cosine, MIN_PRECISION_COSINE,
+                )
+            model.to(dtype=torch.float32)
+            embedder.dtype = torch.float32
+            info.precision = "fp32"
+        elif got is None:
+            return _fallback(f"could not run {model_name} in {prec} on {dev}")
     logger.info("CLIP embedder ready: %s", info)
-    return ClipEmbedder(model, preprocess, info, batch_size=batch_size)
+    return embedder
