@@ -11,6 +11,7 @@ the result into a polars frame stored in DuckDB by the IO manager. Every table h
 
 
 import io
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,6 +26,7 @@ from dagster import (
     MetadataValue,
     MultiPartitionKey,
     Output,
+    ResourceParam,
     RetryPolicy,
     asset,
 )
@@ -41,6 +43,7 @@ from .core.shards import fingerprint, shard_of
 from .core.stage1 import analyse_collection
 from .core.local_features import DEFAULT_MIN_INLIERS
 from .core.verify import global_similarities, local_inliers
+from .core.embedding_cache import EmbeddingCache
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
 from .partitions import (
@@ -384,6 +387,13 @@ class GlobalConfig(Config):
         default=0.93, description="Rotation-descriptor similarity needed for such a pair."
     )
     workers: int = Field(default=0, description="Decode processes (0: one per core).")
+    reuse_embeddings: bool = Field(
+        default=True,
+        description=(
+            "Keep embeddings (float16 Parquet beside the DuckDB file, <stem>_embeddings/) and "
+            "reuse them for images whose content MD5 (else etag) and model are unchanged."
+        ),
+    )
 
 
 @asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
@@ -392,6 +402,7 @@ def global_groups(
     config: GlobalConfig,
     store: ImageStoreResource,
     embedder: EmbedderResource,
+    io_manager: ResourceParam[Any],
     wavelet_hashes: pl.DataFrame,
     color_groups: pl.DataFrame,
 ) -> pl.DataFrame:
@@ -410,11 +421,22 @@ def global_groups(
     kept = color_groups.filter(pl.col("color_kept"))
     exact = kept.filter(pl.col("source") == "exact")
     todo = _pairs_from_frame(kept.filter(pl.col("source") != "exact"), index)
+    collection = store.resolve_collection(context.partition_key)
+    # beside the DuckDB file (another IO manager, or a database that is no file: no cache)
+    cache_root = getattr(io_manager, "embeddings_dir", None) if config.reuse_embeddings else None
+    cache = EmbeddingCache(cache_root, info.cache_key(), collection) if cache_root is not None else None
+    content_keys = [
+        md5 or (f"etag:{etag}" if etag else None)  # no key: not cached
+        for md5, etag in zip(
+            images["content_md5"].to_list(),
+            images["etag"].to_list() if "etag" in images.columns else [None] * len(paths),
+        )
+    ]
     res = global_similarities(
         todo,
         paths,
         store.get_store(),
-        store.resolve_collection(context.partition_key),
+        collection,
         model,
         hashes=images["whash"].to_numpy(),
         discover_from=range(len(paths)),
@@ -424,6 +446,9 @@ def global_groups(
         rotation_k=config.rotation_neighbours,
         rotation_threshold=config.min_rotation_similarity,
         workers=config.workers or default_workers(),
+        cache=cache,
+        content_keys=content_keys,
+        shards=[shard_of(p, N_SHARDS) for p in paths],
     )
     # byte-identical pairs are already joined: a discovery of the same pair is not a new one
     exact_keys = set(exact.select(*PAIR_KEY).iter_rows())
@@ -480,6 +505,9 @@ def global_groups(
     timer.done(
         stats.images_read,
         images_read=stats.images_read,
+        images_embedded=stats.images_embedded,
+        images_reused=stats.images_cached,
+        embedding_cache=str(cache.dir) if cache is not None else "off",
         collection_images=_inventory_size(wavelet_hashes),
         models=f"{info.kind}:{info.model}:{info.weights}",
         pairs_checked=len(todo),
@@ -490,6 +518,8 @@ def global_groups(
         embedder_model=info.model,
         embedder_weights=info.weights,
         embedder_device=info.device,
+        embedder_precision=info.precision,
+        embedder_precision_cosine=info.precision_cosine if info.precision_cosine is not None else 1.0,
         embedder_fallback_reason=info.fallback_reason or "",
         threshold=threshold,
     )

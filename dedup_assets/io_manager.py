@@ -172,6 +172,14 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         return Path(self.database).with_name(Path(self.database).stem + "_analyst")
 
     @property
+    def embeddings_dir(self) -> Path | None:
+        """Where the global stage keeps image embeddings between runs
+        (``<stem>_embeddings/`` beside the DuckDB file; None when the database is not a file)."""
+        if not _is_local_file(self.database):
+            return None
+        return Path(self.database).with_name(Path(self.database).stem + "_embeddings")
+
+    @property
     def analyst_database(self) -> Path:
         return Path(self.database).with_name(Path(self.database).stem + "_analyst.duckdb")
 

@@ -656,9 +656,17 @@ def _reduce_int(arr: np.ndarray, k: int) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes, target_side: int = 512, max_pixels: int = 150_000_000, exact: bool = True
+    data: bytes,
+    target_side: int = 512,
+    max_pixels: int = 150_000_000,
+    exact: bool = True,
+    cover_short_side: int = 0,
 ) -> DecodedImage:
     """Decode ``data`` (raw file bytes) into a :class:`DecodedImage`.
+
+    ``cover_short_side``: raise ``target_side`` (the long side) as far as needed for the short
+    side to stay >= this (when the image has it): a model that resizes the short side to
+    224 px gets a DCT-scaled decode that still covers 224 px, never a full-size one.
 
     Raises :class:`ImageDecodeError` (see module docstring for reasons); never
     returns a partially decoded image.
@@ -672,7 +680,7 @@ def decode_image(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _decode(data, target_side, max_pixels, exact)
+            return _decode(data, target_side, max_pixels, exact, cover_short_side)
         except ImageDecodeError:
             raise
         except Image.DecompressionBombError as exc:
@@ -683,7 +691,7 @@ def decode_image(
             raise ImageDecodeError("decode_failed", f"{type(exc).__name__}: {exc}") from None
 
 
-def _decode(data: bytes, target_side: int, max_pixels: int, exact: bool) -> DecodedImage:
+def _decode(data: bytes, target_side: int, max_pixels: int, exact: bool, cover_short_side: int = 0) -> DecodedImage:
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -714,6 +722,8 @@ def _decode(data: bytes, target_side: int, max_pixels: int, exact: bool) -> Deco
         if min(w, h) < MIN_SIDE:
             raise ImageDecodeError("too_small", f"{w}x{h} has a side smaller than {MIN_SIDE} px")
         has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
+        if cover_short_side > 0:
+            target_side = max(target_side, math.ceil(cover_short_side * max(w, h) / min(w, h)))
 
         jpeg_quality = None
         lossy = fmt in _LOSSY_FORMATS

@@ -18,6 +18,7 @@ import numpy as np
 from .borders import trim_uniform_borders
 from .candidates import Pair
 from .decode import decode_image
+from .embedding_cache import ROTATION_VIEW, EmbeddingCache
 from .embeddings import Embedder
 from .hashing import apply_dihedral, hamming, invert_dihedral
 from .local_features import LocalFeatures, extract_features, match_inliers
@@ -39,15 +40,33 @@ def needed_views(pairs: Sequence[Pair]) -> dict[int, set[int]]:
 
 
 def _views_rgb(
-    store: ImageStore, collection: str, item: tuple[str, tuple[int, ...]]
+    store: ImageStore, collection: str, transform, item: tuple[str, tuple[int, ...]]
 ) -> dict[int, np.ndarray] | str:
+    """Decode one image for the global stage (in a worker): its dihedral views, each through
+    the embedder's ``transform`` (CLIP: resize + centre crop to the model's input, uint8),
+    and its rotation descriptor.
+
+    With a transform, a JPEG is decoded at the smallest DCT scale whose short side still covers
+    the model's input (a 2 MP photo: 1/4 scale), never at full size; without one (weight-free
+    descriptor) at ``GLOBAL_SIDE`` on the long side, as before. EXIF orientation is applied by
+    ``decode_image`` in both cases.
+    """
     path, transforms = item
     try:
-        rgb = decode_image(store.read_bytes(collection, path), target_side=GLOBAL_SIDE).rgb
+        data = store.read_bytes(collection, path)
+        if transform is None:
+            rgb = decode_image(data, target_side=GLOBAL_SIDE).rgb
+        else:
+            rgb = decode_image(
+                data, target_side=GLOBAL_SIDE, exact=False, cover_short_side=transform.cover_short_side
+            ).rgb
     except Exception as exc:  # noqa: BLE001 - reported per image by the caller
         return f"{type(exc).__name__}: {exc}"
     rgb = trim_uniform_borders(rgb)  # letterbox bars are not content
-    views: dict = {k: np.ascontiguousarray(apply_dihedral(rgb, k)) for k in transforms}
+    views: dict = {}
+    for k in transforms:
+        view = apply_dihedral(rgb, k)
+        views[k] = transform(view) if transform is not None else np.ascontiguousarray(view)
     views["rotation"] = rotation_descriptor(np.ascontiguousarray(rgb))
     return views
 
@@ -71,6 +90,8 @@ def _views_features(
 class StageStats:
     images_read: int = 0
     read_errors: dict[str, str] = field(default_factory=dict)
+    images_embedded: int = 0  # images run through the embedder this time
+    images_cached: int = 0  # images whose vectors came from the embedding cache
 
 
 def _iter_views(
@@ -97,6 +118,9 @@ def global_similarities(
     rotation_threshold: float = 1.0,
     workers: int | None = None,
     batch_size: int = 64,
+    cache: EmbeddingCache | None = None,
+    content_keys: Sequence[str] | None = None,
+    shards: Sequence[str] | None = None,
 ) -> GlobalResult:
     """Cosine similarity of each pair's embeddings, plus pairs discovered by embedding kNN.
 
@@ -108,6 +132,12 @@ def global_similarities(
     rotation-invariant descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or
     above ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
     image cannot be read scores NaN.
+
+    Decoding (and the embedder's per-image ``input_transform``) runs in ``workers`` processes
+    while this process runs the model on the previous batch. ``cache`` with ``content_keys``
+    (one per path: content MD5 or etag): images whose vectors (every view needed, and the
+    rotation descriptor) are stored are neither read nor embedded; new vectors are stored
+    (float16) in the file of ``shards[i]``.
     """
     stats = StageStats()
     views = needed_views(pairs)
@@ -116,30 +146,58 @@ def global_similarities(
             views.setdefault(int(i), set()).update(discover_views)
     emb: dict[tuple[int, int], np.ndarray] = {}
     rot: dict[int, np.ndarray] = {}
+    if cache is not None and content_keys is not None:
+        stored = cache.load(content_keys[i] for i in views if content_keys[i])
+        for i in list(views):
+            entry = stored.get(content_keys[i]) if content_keys[i] else None
+            if entry is not None and ROTATION_VIEW in entry and all(k in entry for k in views[i]):
+                for k in views.pop(i):
+                    emb[(i, k)] = entry[k]
+                rot[i] = entry[ROTATION_VIEW]
+                stats.images_cached += 1
+    new_images: list[int] = []
     batch_keys: list[tuple[int, int]] = []
     batch_imgs: list[np.ndarray] = []
+    transform = getattr(embedder, "input_transform", None)
 
     def flush() -> None:
         if batch_imgs:
-            vecs = embedder.embed(batch_imgs)
+            vecs = embedder.embed_uint8(np.stack(batch_imgs)) if transform is not None else embedder.embed(batch_imgs)
             for key, v in zip(batch_keys, vecs):
                 emb[key] = v.astype(np.float16)
             batch_keys.clear()
             batch_imgs.clear()
 
-    fn = functools.partial(_views_rgb, store, collection)
+    fn = functools.partial(_views_rgb, store, collection, transform)
     for i, result in _iter_views(fn, paths, views, workers):
         stats.images_read += 1
         if isinstance(result, str):
             stats.read_errors[paths[i]] = result
             continue
         rot[i] = result.pop("rotation")
+        new_images.append(i)
         for k, img in result.items():
             batch_keys.append((i, k))
             batch_imgs.append(img)
         if len(batch_imgs) >= batch_size:
             flush()
     flush()
+    stats.images_embedded = len(new_images)
+    keyed = [i for i in new_images if content_keys is not None and content_keys[i]]
+    if cache is not None and keyed:
+        new_images = keyed
+        fresh = set(new_images)
+        entries: dict[str, dict[int, np.ndarray]] = {}
+        for i in new_images:
+            entries.setdefault(content_keys[i], {})[ROTATION_VIEW] = rot[i].astype(np.float16)
+        for (i, k), v in emb.items():
+            if i in fresh:
+                entries[content_keys[i]][k] = v
+        cache.save(
+            entries,
+            {content_keys[i]: (shards[i] if shards is not None else "all") for i in new_images},
+            keep=[k for k in content_keys if k],
+        )
 
     sims = np.full(len(pairs), np.nan, dtype=np.float32)
     for n, p in enumerate(pairs):
