@@ -109,3 +109,32 @@ def test_second_run_reuses_vectors_and_a_changed_image_is_embedded_again(tmp_pat
     assert other.info.cache_key() != emb.info.cache_key()
     miss = _run(store, collection, paths, other, EmbeddingCache(tmp_path / "emb", other.info.cache_key(), collection))
     assert miss.stats.images_cached == 0 and miss.stats.images_embedded == n
+
+
+def test_clip_views_are_decoded_small_and_honour_exif_orientation(tmp_path):
+    from dedup_assets.core.embeddings import ClipInput
+    from dedup_assets.core.verify import _views_rgb
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    upright = load_photo("chelsea").convert("RGB").resize((1800, 1200))
+    upright.save(folder / "upright.jpg", quality=92)
+    # stored turned 90 degrees, with EXIF orientation 6 ("rotate 90 CW to display")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "exif6.jpg", quality=92, exif=exif)
+    store = LocalFolderStore(str(tmp_path))
+    transform = ClipInput((224, 224))
+    a = _views_rgb(store, "c", transform, ("upright.jpg", (0, 1)))
+    b = _views_rgb(store, "c", transform, ("exif6.jpg", (0,)))
+    assert a[0].shape == (224, 224, 3) and a[0].dtype == np.uint8
+    assert np.abs(a[0].astype(int) - b[0].astype(int)).mean() < 3.0
+    assert np.array_equal(a[1], a[0][:, ::-1])  # mirror view
+    # the open_clip reference (full decode, PIL bicubic) is within ~1 grey level
+    from open_clip.transform import image_transform
+
+    ref = image_transform(224, is_train=False)(upright).numpy()  # what ViT-B-32 uses
+    mean = np.array([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = np.array([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    ref = (ref * std + mean) * 255.0
+    assert np.abs(a[0].transpose(2, 0, 1) - ref).mean() < 2.0

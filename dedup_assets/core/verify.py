@@ -29,6 +29,31 @@ from .store import ImageStore
 GLOBAL_SIDE = 256
 LOCAL_SIDE = 512
 
+#: Up to this many vectors discovery searches exactly (faiss ``IndexFlatIP``); above, an IVF
+#: index (``IndexIVFFlat``, inner product). Measured on 2 cores, 512-d, every vector a query
+#: (``bench global --faiss``): see the README ("Global stage: speed").
+FLAT_MAX = 50_000
+#: IVF probes per query (of ``nlist = 4 * sqrt(n)`` lists)
+IVF_NPROBE = 16
+
+
+def knn_index(base: np.ndarray, flat_max: int = FLAT_MAX, nprobe: int = IVF_NPROBE):
+    """A faiss inner-product index over ``base`` (n, d) float32 unit rows: exact below
+    ``flat_max`` rows, IVF above (trained on at most 64 vectors per list, ``nprobe`` lists
+    searched per query: near-duplicates sit in the same or a neighbouring cell)."""
+    n, d = base.shape
+    if n <= flat_max:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        train = base[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        index.train(train)
+        index.nprobe = min(nprobe, nlist)
+    index.add(base)
+    return index
+
 
 def needed_views(pairs: Sequence[Pair]) -> dict[int, set[int]]:
     """Per image index, the dihedral transforms of it that pairs compare (``a`` transformed)."""
@@ -127,7 +152,7 @@ def global_similarities(
     Discovery embeds every image of ``discover_from`` (uniform borders trimmed), and for each
     of its ``discover_views`` (dihedral transforms: identity and mirror by default) searches
     the ``discover_k`` nearest identity embeddings (inner product on normalised vectors, exact
-    faiss search), proposing those at or above ``discover_threshold`` that are not already
+    faiss search up to :data:`FLAT_MAX` images, IVF above: :func:`knn_index`), proposing those at or above ``discover_threshold`` that are not already
     paired: at most ``discover_k`` per image and view. Every image read also gets a
     rotation-invariant descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or
     above ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
@@ -251,8 +276,7 @@ def _discover(
     base = sorted(i for (i, t) in emb if t == 0)
     if len(base) < 2:
         return []
-    index = faiss.IndexFlatIP(len(emb[(base[0], 0)]))
-    index.add(np.stack([emb[(i, 0)] for i in base]).astype(np.float32))
+    index = knn_index(np.ascontiguousarray(np.stack([emb[(i, 0)] for i in base]), dtype=np.float32))
     known = {(p.a, p.b) for p in pairs}
     best: dict[tuple[int, int], tuple[float, int]] = {}
     for view in query_views:
