@@ -84,3 +84,21 @@ def test_discovery_finds_rotated_and_letterboxed_copies_and_keypoints_confirm(ed
     astro = {p for p in paths if p.startswith("astronaut")}
     assert {p for k in confirmed for p in k} == astro  # every copy joined, nothing else
     assert all(set(k) <= astro for k in confirmed)
+
+
+def test_knn_index_is_exact_below_flat_max_and_ivf_above_finds_near_duplicates():
+    import faiss
+
+    from dedup_assets.core.verify import knn_index
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    x[1500:1600] = x[:100] + 0.05 * rng.standard_normal((100, 64)).astype(np.float32)  # planted copies
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = knn_index(x, flat_max=10_000)
+    ivf = knn_index(x, flat_max=1_000)
+    assert isinstance(flat, faiss.IndexFlatIP) and isinstance(ivf, faiss.IndexIVFFlat)
+    assert ivf.nlist == int(4 * np.sqrt(len(x))) and ivf.nprobe == 16
+    for index in (flat, ivf):
+        sims, nn = index.search(x[:100], 2)
+        assert (nn[:, 1] == np.arange(1500, 1600)).all() and (sims[:, 1] > 0.99).all()

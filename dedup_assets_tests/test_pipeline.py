@@ -146,6 +146,10 @@ def test_rerun_is_idempotent(pipeline_run):
     assert report.read_text() == before
     meta = result.asset_materializations_for_node("deduplicated_files")[0].metadata
     assert meta["copied"].value == 0 and meta["stale_removed"].value == 0
+    # unchanged images: their embeddings are reused, the model runs on none of them
+    meta = result.asset_materializations_for_node("global_groups")[0].metadata
+    assert meta["images_embedded"].value == 0 and meta["images_reused"].value > 0
+    assert "_embeddings" in meta["embedding_cache"].value
     con = duckdb.connect(str(out / "dedup_assets.duckdb"), read_only=True)
     try:
         n = con.execute("select count(*) from dedup.best_selection").fetchone()[0]

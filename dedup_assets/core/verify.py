@@ -199,7 +199,7 @@ def global_similarities(
         if isinstance(result, str):
             stats.read_errors[paths[i]] = result
             continue
-        rot[i] = result.pop("rotation")
+        rot[i] = result.pop("rotation").astype(np.float16)  # as stored: a re-run scores the same
         new_images.append(i)
         for k, img in result.items():
             batch_keys.append((i, k))
@@ -214,7 +214,7 @@ def global_similarities(
         fresh = set(new_images)
         entries: dict[str, dict[int, np.ndarray]] = {}
         for i in new_images:
-            entries.setdefault(content_keys[i], {})[ROTATION_VIEW] = rot[i].astype(np.float16)
+            entries.setdefault(content_keys[i], {})[ROTATION_VIEW] = rot[i]
         for (i, k), v in emb.items():
             if i in fresh:
                 entries[content_keys[i]][k] = v
