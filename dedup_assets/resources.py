@@ -146,7 +146,11 @@ class EmbedderResource(ConfigurableResource):
         description="auto (fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16, kept only if cosine "
         ">= 0.999 to fp32 on a probe batch; else fp32), fp32, bf16 or fp16.",
     )
-    batch_size: int = Field(default=32)
+    batch_size: int = Field(
+        default=64,
+        description="Images per model call (bf16 on 2 CPU cores: 64 and 128 run ~1.5x faster per "
+        "image than 32).",
+    )
     threads: int = Field(default=0, description="torch threads for the model (0: torch's default).")
     allow_random_weights: bool = Field(
         default=False, description="Use randomly initialised weights (tests only)."

@@ -647,7 +647,7 @@ def load_embedder(
     checkpoint_path: str | None = None,
     device: str = "auto",
     precision: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = 64,
     threads: int | None = None,
     allow_random_weights: bool = False,
     cache_dir: str | None = None,

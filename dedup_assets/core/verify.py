@@ -205,7 +205,7 @@ def global_similarities(
         for k, img in result.items():
             batch_keys.append((i, k))
             batch_imgs.append(img)
-        if len(batch_imgs) >= batch_size:
+        if len(batch_imgs) >= max(batch_size, getattr(embedder, "batch_size", 0)):
             flush()
     flush()
     stats.images_embedded = len(new_images)
