@@ -41,7 +41,7 @@ from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
-from .core.local_features import DEFAULT_MIN_INLIERS
+from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
 from .core.verify import global_similarities, local_inliers
 from .core.embedding_cache import EmbeddingCache
 from .io_manager import MATCH_DOWNSTREAM
@@ -539,6 +539,14 @@ class LocalConfig(Config):
         default=DEFAULT_MIN_INLIERS,
         description="RANSAC inliers of ORB matches needed to confirm a pair.",
     )
+    max_disagreement: float = Field(
+        default=DEFAULT_MAX_DISAGREEMENT,
+        description=(
+            "Pairs whose overlap (one image mapped onto the other by the RANSAC homography) "
+            "disagrees on more than this fraction of blocks are two pictures sharing an object "
+            "(a cut-out on another background), not copies: dropped. 1.0 turns the check off."
+        ),
+    )
     n_features: int = Field(default=1000, description="ORB keypoints per image.")
     workers: int = Field(default=0, description="Processes (0: one per core).")
 
@@ -558,7 +566,7 @@ def local_groups(
     kept = global_groups.filter(pl.col("global_kept"))
     exact = kept.filter(pl.col("source") == "exact")
     todo_frame = kept.filter(pl.col("source") != "exact")
-    inliers, stats = local_inliers(
+    inliers, disagreement, stats = local_inliers(
         _pairs_from_frame(todo_frame, index),
         paths,
         store.get_store(),
@@ -566,14 +574,20 @@ def local_groups(
         n_features=config.n_features,
         workers=config.workers or default_workers(),
     )
+    consistent = ~(disagreement > config.max_disagreement)  # NaN (not checked): consistent
     for path, err in stats.read_errors.items():
         context.log.warning(f"local stage could not read {path!r}: {err}")
     frame = pl.concat(
         [
-            exact.with_columns(inliers=pl.lit(None, pl.Int32), local_kept=pl.lit(True)),
+            exact.with_columns(
+                inliers=pl.lit(None, pl.Int32),
+                overlap_disagreement=pl.lit(None, pl.Float32),
+                local_kept=pl.lit(True),
+            ),
             todo_frame.with_columns(
                 inliers=pl.Series(inliers, dtype=pl.Int32),
-                local_kept=pl.Series(inliers >= config.min_inliers),
+                overlap_disagreement=pl.Series(disagreement, dtype=pl.Float32, nan_to_null=True),
+                local_kept=pl.Series((inliers >= config.min_inliers) & consistent),
             ),
         ],
         how="vertical_relaxed",
@@ -585,6 +599,7 @@ def local_groups(
         models=f"ORB ({config.n_features} keypoints) + RANSAC homography",
         pairs_checked=todo_frame.height,
         kept_pairs=int(frame["local_kept"].sum()),
+        dropped_inconsistent_overlap=int(((inliers >= config.min_inliers) & ~consistent).sum()),
         threshold=config.min_inliers,
     )
     return frame

@@ -79,11 +79,69 @@ def test_discovery_finds_rotated_and_letterboxed_copies_and_keypoints_confirm(ed
     assert ("astronaut.jpg", "astronaut_letterbox.jpg") in found
     assert found.get(("astronaut.jpg", "astronaut_turned30.jpg")) == "rotation"
     assert res.stats.images_read == len(paths)
-    inliers, _ = local_inliers(res.found, paths, store, collection, workers=1)
+    inliers, _, _ = local_inliers(res.found, paths, store, collection, workers=1)
     confirmed = {k for k, n in zip(found, inliers) if n >= DEFAULT_MIN_INLIERS}
     astro = {p for p in paths if p.startswith("astronaut")}
     assert {p for k in confirmed for p in k} == astro  # every copy joined, nothing else
     assert all(set(k) <= astro for k in confirmed)
+
+
+def _cutout(photo: Image.Image, background: Image.Image) -> Image.Image:
+    """``photo``'s centre (an ellipse over ~45 % of it) pasted onto ``background``."""
+    from PIL import ImageDraw
+
+    mask = Image.new("L", photo.size, 0)
+    w, h = photo.size
+    ImageDraw.Draw(mask).ellipse((w * 0.2, h * 0.12, w * 0.8, h * 0.88), fill=255)
+    out = background.resize(photo.size).copy()
+    out.paste(photo, (0, 0), mask)
+    return out
+
+
+def _caption(photo: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = photo.copy()
+    d = ImageDraw.Draw(out)
+    band = int(photo.height * 0.14)
+    d.rectangle((0, photo.height - band, photo.width, photo.height), fill=(250, 250, 250))
+    for x in range(10, photo.width - 40, 46):
+        d.text((x, photo.height - band + band // 3), "SALE", fill=(20, 20, 20))
+    return out
+
+
+def test_a_cutout_on_another_background_is_not_a_copy_but_edited_copies_are(tmp_path):
+    """The overlap check: keypoints on a shared object are not enough when the rest of the
+    overlapping picture disagrees; captions, recolouring and crops of one picture agree.
+    Images smaller than the keypoint frame are included (their features are upscaled)."""
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.local_features import DEFAULT_MAX_DISAGREEMENT
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    astro = _photo("astronaut")  # 512 x 512
+    files = {
+        "a.jpg": astro,
+        "a_caption.jpg": _caption(astro),
+        "a_crop_small.jpg": astro.crop((40, 30, 470, 440)).resize((330, 315)),
+        "a_recolour.jpg": Image.fromarray(np.asarray(astro)[:, :, ::-1].copy()),
+        "a_on_rocket.jpg": _cutout(astro, _photo("rocket")),
+        "a_on_coffee_small.jpg": _cutout(astro, _photo("coffee")).resize((400, 400)),
+    }
+    for name, im in files.items():
+        im.save(folder / name, quality=92)
+    paths = sorted(files)
+    i = {p: n for n, p in enumerate(paths)}
+    pairs = [Pair(i["a.jpg"], i[p], "global", -1, 0) for p in paths if p != "a.jpg"]
+    inliers, disagreement, _ = local_inliers(pairs, paths, LocalFolderStore(str(tmp_path)), "c", workers=1)
+    result = {paths[p.b]: (int(n), float(d)) for p, n, d in zip(pairs, inliers, disagreement)}
+    for copy in ("a_caption.jpg", "a_crop_small.jpg", "a_recolour.jpg"):
+        n, d = result[copy]
+        assert n >= DEFAULT_MIN_INLIERS and d <= DEFAULT_MAX_DISAGREEMENT, (copy, result)
+    for composite in ("a_on_rocket.jpg", "a_on_coffee_small.jpg"):
+        n, d = result[composite]
+        assert n >= DEFAULT_MIN_INLIERS, (composite, result)  # the shared object matches...
+        assert d > DEFAULT_MAX_DISAGREEMENT, (composite, result)  # ...the pictures do not
 
 
 def test_knn_index_is_exact_below_flat_max_and_ivf_above_finds_near_duplicates():

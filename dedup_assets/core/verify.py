@@ -21,7 +21,14 @@ from .decode import decode_image
 from .embedding_cache import ROTATION_VIEW, EmbeddingCache
 from .embeddings import Embedder
 from .hashing import apply_dihedral, hamming, invert_dihedral
-from .local_features import LocalFeatures, extract_features, match_inliers
+from .local_features import (
+    LocalFeatures,
+    check_gray,
+    extract_features,
+    feature_frame,
+    match_homography,
+    overlap_disagreement,
+)
 from .parallel import ordered_map
 from .rotation import rotation_descriptor
 from .store import ImageStore
@@ -99,17 +106,19 @@ def _views_rgb(
 
 def _views_features(
     store: ImageStore, collection: str, n_features: int, item: tuple[str, tuple[int, ...]]
-) -> dict[int, LocalFeatures] | str:
+) -> dict[int, tuple[LocalFeatures, np.ndarray, tuple[int, int]]] | str:
+    """Per view: ORB features, the small gray image of the overlap check, the feature frame."""
     path, transforms = item
     try:
         rgb = decode_image(store.read_bytes(collection, path), target_side=LOCAL_SIDE).rgb
     except Exception as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return {
-        k: extract_features(np.ascontiguousarray(apply_dihedral(gray, k)), n_features, LOCAL_SIDE)
-        for k in transforms
-    }
+    out = {}
+    for k in transforms:
+        view = np.ascontiguousarray(apply_dihedral(gray, k))
+        out[k] = (extract_features(view, n_features, LOCAL_SIDE), check_gray(view), feature_frame(view.shape, LOCAL_SIDE))
+    return out
 
 
 @dataclass
@@ -308,11 +317,13 @@ def local_inliers(
     *,
     n_features: int = 1000,
     workers: int | None = None,
-) -> tuple[np.ndarray, StageStats]:
-    """RANSAC inlier count of ORB matches for each pair (-1 where an image could not be read)."""
+) -> tuple[np.ndarray, np.ndarray, StageStats]:
+    """RANSAC inlier count of ORB matches for each pair (-1 where an image could not be
+    read) and the overlap disagreement of the pair (``local_features.overlap_disagreement``;
+    NaN where no homography was found)."""
     stats = StageStats()
     views = needed_views(pairs)
-    feats: dict[tuple[int, int], LocalFeatures] = {}
+    feats: dict[tuple[int, int], tuple] = {}
     fn = functools.partial(_views_features, store, collection, n_features)
     for i, result in _iter_views(fn, paths, views, workers):
         stats.images_read += 1
@@ -322,8 +333,13 @@ def local_inliers(
         for k, f in result.items():
             feats[(i, k)] = f
     out = np.full(len(pairs), -1, dtype=np.int32)
+    disagree = np.full(len(pairs), np.nan, dtype=np.float32)
     for n, p in enumerate(pairs):
-        fa, fb = feats.get((p.a, p.transform)), feats.get((p.b, 0))
-        if fa is not None and fb is not None:
-            out[n] = match_inliers(fa, fb)[0]
-    return out, stats
+        va, vb = feats.get((p.a, p.transform)), feats.get((p.b, 0))
+        if va is None or vb is None:
+            continue
+        inliers, _, H = match_homography(va[0], vb[0])
+        out[n] = inliers
+        if H is not None:
+            disagree[n] = overlap_disagreement(va[1], vb[1], H, va[2], vb[2])
+    return out, disagree, stats
