@@ -400,3 +400,20 @@ def test_match_inliers_few_matches():
     a = LocalFeatures(rng.random((3, 2), dtype=np.float32) * 100, rng.integers(0, 256, (3, 32), dtype=np.uint8))
     inl, good = match_inliers(a, a)
     assert inl == 0 and good <= 3
+
+
+def test_bench_global_runs_on_a_tiny_model(tmp_path, capsys):
+    import importlib
+    import json
+
+    bench = importlib.import_module("dedup_assets.bench.global")
+    out = tmp_path / "g.json"
+    assert bench.main([
+        "--images", "4", "--mp", "0.5", "--rounds", "1", "--workers", "1", "--model", "dedup-tiny",
+        "--stage-views", "0", "--precisions", "fp32", "--workdir", str(tmp_path / "w"), "--json", str(out),
+    ]) == 0
+    res = json.loads(out.read_text())
+    assert res["weights"] == "random" and "speed only" in res["weights_note"]
+    assert res["decode"]["decode_image"] > 0 and res["model"]["cpu/fp32"]["images_per_s"] > 0
+    assert res["stage"]["cpu/fp32 views=0"]["images_per_s"] > 0
+    assert res["fidelity_vs_open_clip_pil"]["cosine_min"] > 0.99

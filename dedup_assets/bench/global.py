@@ -119,6 +119,40 @@ def _fidelity(emb, store: LocalFolderStore, paths: list[str]) -> dict:
     }
 
 
+def _faiss_crossover(sizes: list[int], dim: int = 512, k: int = 9, threads: int = 2) -> list[dict]:
+    """Discovery's index, exact flat vs IVF (``core.verify.knn_index``), every vector a query:
+    seconds (build + search) and the IVF's recall of the exact neighbours at cosine >= 0.85, on
+    clustered unit vectors with 10 % planted near-copies."""
+    import faiss
+
+    from ..core.verify import knn_index
+
+    faiss.omp_set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    out = []
+    for n in sizes:
+        centres = rng.standard_normal((max(1, n // 50), dim)).astype(np.float32)
+        x = centres[rng.integers(0, len(centres), n)] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)
+        dup = rng.choice(n, n // 10, replace=False)
+        half = len(dup) // 2
+        x[dup[:half]] = x[dup[half : 2 * half]] + 0.05 * rng.standard_normal((half, dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        t = time.perf_counter()
+        sf, nf = knn_index(x, flat_max=n).search(x, k)
+        flat_s = time.perf_counter() - t
+        t = time.perf_counter()
+        _, ni = knn_index(x, flat_max=0).search(x, k)
+        ivf_s = time.perf_counter() - t
+        true = hit = 0
+        for q in range(n):
+            want = {int(j) for s, j in zip(sf[q], nf[q]) if s >= 0.85 and j != q}
+            true += len(want)
+            hit += len(want & set(ni[q].tolist()))
+        out.append({"n": n, "flat_s": round(flat_s, 2), "ivf_s": round(ivf_s, 2),
+                    "ivf_recall_at_0_85": round(hit / max(true, 1), 4), "loadavg": _loadavg()})
+    return out
+
+
 def _devices(arg: str) -> list[str]:
     import torch
 
@@ -144,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage-views", default="0;0,1", help="';'-separated view sets for the stage")
     ap.add_argument("--photos", default=None, help="folder of photos to add to scikit-image's")
     ap.add_argument("--workdir", default=None, help="where to write the JPEGs (default: a temp dir)")
+    ap.add_argument("--faiss", default="", help="also time discovery's index, flat vs IVF, at these "
+                    "sizes (e.g. 20000,50000,100000)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -267,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": round(dt, 2),
                 }
             del emb
+    if args.faiss:
+        result["faiss_flat_vs_ivf"] = _faiss_crossover([int(v) for v in args.faiss.split(",")])
     result["peak_rss"] = sampler.stop()
     result["loadavg_after"] = _loadavg()
     cpu_stage = [v["images_per_s"] for k, v in result["stage"].items() if k.startswith("cpu/") and k.endswith("=0")]
