@@ -48,8 +48,9 @@ IVF_NPROBE = 16
 
 def knn_index(base: np.ndarray, flat_max: int = FLAT_MAX, nprobe: int = IVF_NPROBE):
     """A faiss inner-product index over ``base`` (n, d) float32 unit rows: exact below
-    ``flat_max`` rows, IVF above (``4 sqrt(n)`` lists, trained on at most 64 vectors per list, ``nprobe`` lists
-    searched per query: near-duplicates sit in the same or a neighbouring cell)."""
+    ``flat_max`` rows, IVF above (``4 sqrt(n)`` lists, trained on at most 64 vectors per
+    list, ``nprobe`` lists searched per query: near-duplicates sit in the same or a
+    neighbouring cell)."""
     n, d = base.shape
     if n <= flat_max:
         index = faiss.IndexFlatIP(d)
@@ -163,8 +164,8 @@ def global_similarities(
     Discovery embeds every image of ``discover_from`` (uniform borders trimmed), and for each
     of its ``discover_views`` (dihedral transforms: identity and mirror by default) searches
     the ``discover_k`` nearest identity embeddings (inner product on normalised vectors, exact
-    faiss search up to :data:`FLAT_MAX` images, IVF above: :func:`knn_index`), proposing those at or above ``discover_threshold`` that are not already
-    paired: at most ``discover_k`` per image and view. Every image read also gets a
+    faiss search up to :data:`FLAT_MAX` images, IVF above: :func:`knn_index`), proposing
+    those at or above ``discover_threshold`` that are not already paired: at most ``discover_k`` per image and view. Every image read also gets a
     rotation-invariant descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or
     above ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
     image cannot be read scores NaN.
@@ -198,7 +199,10 @@ def global_similarities(
 
     def flush() -> None:
         if batch_imgs:
-            vecs = embedder.embed_uint8(np.stack(batch_imgs)) if transform is not None else embedder.embed(batch_imgs)
+            if transform is not None:  # uint8 model inputs made by the workers
+                vecs = embedder.embed_uint8(np.stack(batch_imgs))
+            else:
+                vecs = embedder.embed(batch_imgs)
             for key, v in zip(batch_keys, vecs):
                 emb[key] = v.astype(np.float16)
             batch_keys.clear()
