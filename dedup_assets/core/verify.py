@@ -37,10 +37,10 @@ GLOBAL_SIDE = 256
 LOCAL_SIDE = 512
 
 #: Up to this many vectors discovery searches exactly (faiss ``IndexFlatIP``); above, an IVF
-#: index (``IndexIVFFlat``, inner product). Measured on 2 (shared) cores, 512-d, every vector a
-#: query: 20k flat 4.5 s vs IVF 2.3 s (build + search), 50k 39 s vs 11 s, IVF recall 1.0 of
-#: the neighbours at cosine >= 0.85 (clustered vectors with planted near-copies); 100k flat
-#: 131 s vs IVF 28 s. See README.
+#: index (``IndexIVFFlat``, inner product). Measured (``bench global --faiss``, 2 threads,
+#: 512-d, every vector a query, build + search): 20k flat 1.5 s / IVF 0.85 s, 50k 9.5 / 4.6 s,
+#: 100k 38 / 14 s; IVF recall 1.0 of the neighbours at cosine >= 0.85 (clustered vectors
+#: with planted near-copies). See the README.
 FLAT_MAX = 20_000
 #: IVF probes per query (of ``nlist = 4 * sqrt(n)`` lists)
 IVF_NPROBE = 16
