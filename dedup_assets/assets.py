@@ -571,6 +571,7 @@ def local_groups(
         kept_pairs=int(frame["local_kept"].sum()),
         dropped_inconsistent_overlap=int(((inliers >= config.min_inliers) & ~consistent).sum()),
         threshold=config.min_inliers,
+        max_disagreement=config.max_disagreement,
     )
     return frame
 
@@ -766,7 +767,15 @@ def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> ga
         ).records
         meta = records[0].asset_materialization.metadata if records else {}
         found[name] = float(meta["threshold"].value) if "threshold" in meta else default
-    return gallery.Thresholds(found["color_groups"], found["global_groups"], found["local_groups"])
+        if name == "local_groups":
+            found["overlap"] = (
+                float(meta["max_disagreement"].value)
+                if "max_disagreement" in meta
+                else LocalConfig().max_disagreement
+            )
+    return gallery.Thresholds(
+        found["color_groups"], found["global_groups"], found["local_groups"], found["overlap"]
+    )
 
 
 @asset(
