@@ -40,7 +40,7 @@ from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
-from .core.verify import global_similarities, local_inliers
+from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
 from .partitions import (
@@ -518,6 +518,13 @@ class LocalConfig(Config):
         ),
     )
     n_features: int = Field(default=1000, description="ORB keypoints per image.")
+    max_views: int = Field(
+        default=DEFAULT_MAX_VIEWS,
+        description=(
+            "Image views (~90 KB each) held in memory at once; images whose views were "
+            "evicted are read again (see downloads_per_image)."
+        ),
+    )
     workers: int = Field(default=0, description="Processes (0: one per core).")
 
 
@@ -543,6 +550,7 @@ def local_groups(
         store.resolve_collection(context.partition_key),
         n_features=config.n_features,
         workers=config.workers or default_workers(),
+        max_views=config.max_views,
     )
     consistent = ~(disagreement > config.max_disagreement)  # NaN (not checked): consistent
     for path, err in stats.read_errors.items():
