@@ -185,19 +185,23 @@ def _search_chunk(
                     d = _popcount(x)
                     if d > r:
                         continue
-                    while starts[mi + 1] <= p:
-                        mi += 1
-                    u = v ^ masks[mi]
-                    j = d_order[d_off[u] + p - starts[mi]]
-                    if exclude_self and j == qid:
-                        continue
-                    # report from the first chunk within t bits only
+                    # report from the first chunk within t bits only (no memory access)
                     earlier = False
                     for c in range(chunk):
                         if _popcount((x >> np.uint64(CHUNK_BITS * c)) & _MASK16) <= tt:
                             earlier = True
                             break
                     if earlier:
+                        continue
+                    if fill[qid] == k and d > top_d[qid, k - 1]:
+                        # cannot enter the full buffer; self (d = 0) never gets here
+                        n_within[qid] += 1
+                        continue
+                    while starts[mi + 1] <= p:
+                        mi += 1
+                    u = v ^ masks[mi]
+                    j = d_order[d_off[u] + p - starts[mi]]
+                    if exclude_self and j == qid:
                         continue
                     n_within[qid] += 1
                     _insert(top_d, top_j, fill, qid, np.uint8(d), j, k)
@@ -302,6 +306,9 @@ def radius_neighbours(
         previous = numba.get_num_threads()
         if threads:
             numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+        # buckets handed to threads 256 at a time: a dense bucket (many near-identical hashes)
+        # must not leave the other threads idle behind a static split
+        previous_chunk = numba.set_parallel_chunksize(256)
         try:
             for c in range(CHUNKS):
                 d_off, d_order, d_sorted = index.chunks[c]
@@ -316,6 +323,7 @@ def radius_neighbours(
                 del q_off, q_order, q_sorted
         finally:
             numba.set_num_threads(previous)
+            numba.set_parallel_chunksize(previous_chunk)
     qs, js, ds = _flatten(top_d, top_j, fill)
     return Neighbours(qs, js, ds, n_within)
 
