@@ -239,3 +239,27 @@ def test_hash_neighbour_pairs_maps_candidate_rows():
     assert expected[(10, 3000)] == (3, invert_dihedral(1))  # 3000 ≈ flip_lr⁻¹(10)
     assert all(p.a < p.b and p.source == "hash" for p in pairs)
     assert not any(3001 in (p.a, p.b) for p in pairs)
+
+
+def test_hashscale_bench_worker_checks_exactness_on_small_data():
+    from dedup_assets.bench.hashscale import _popcount as popcount
+    from dedup_assets.bench.hashscale import _worker, make_data
+
+    variants, planted = make_data(20_000, 10, seed=3, fraction=0.02, max_copies=3, mirrored_every=4)
+    src = variants[planted["src"], planted["transform"]].view(np.uint64)
+    dst = variants[planted["dst"], 0].view(np.uint64)
+    assert (popcount(src ^ dst) == planted["flips"]).all()  # copies at exactly the drawn distance
+    assert set(planted["flips"].tolist()) == set(range(11))
+    out = _worker({
+        "n": 20_000, "radius": 10, "max_neighbours": 16, "threads": 2, "seed": 3,
+        "planted_fraction": 0.02, "max_copies": 3, "mirrored_every": 4, "sample": 2000,
+        "variant_sample": 500, "no_variants": False, "full_baseline": True,
+        "full_baseline_max": 20_000,
+    })
+    assert out["targets"]["exact"]
+    assert out["recall"]["brute_force_hits"] > 0 and out["recall"]["recall"] == 1.0
+    assert out["recall"]["planted_identity_recall"] == 1.0
+    assert out["recall_variants"]["planted_mirrored_recall"] == 1.0
+    assert out["identity"]["truncated"] == 0 and out["variants"]["pair_check_failures"] == 0
+    assert out["baseline"]["full_all_vs_all_hits"] == out["identity"]["hits"]
+    assert out["recall"]["full_all_vs_all_recall"] == 1.0 and out["recall"]["full_all_vs_all_extra"] == 0
