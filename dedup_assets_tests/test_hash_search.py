@@ -118,15 +118,16 @@ def test_separate_queries_and_self_exclusion():
     rng = np.random.default_rng(3)
     db = rng.integers(0, 2**64, size=5000, dtype=np.uint64)
     queries = np.array([db[7], _flip(rng, db[9], 3), _flip(rng, db[11], 5)], dtype=np.uint64)
-    res = radius_neighbours(db, queries, radius=4, k=8)  # lengths differ: nothing excluded
+    res = radius_neighbours(db, queries, radius=4, k=8)  # separate queries: nothing excluded
     assert list(zip(res.query.tolist(), res.index.tolist(), res.distance.tolist())) == [
         (0, 7, 0),
         (1, 9, 3),
     ]
-    same = radius_neighbours(db, db.copy(), radius=0, k=8)  # same length: row q is item q
+    same = radius_neighbours(db, db.copy(), radius=0, k=8, exclude_self=True)  # row q is item q
     assert len(same.query) == 0
-    kept = radius_neighbours(db, db.copy(), radius=0, k=8, exclude_self=False)
+    kept = radius_neighbours(db, db.copy(), radius=0, k=8)
     assert kept.query.tolist() == kept.index.tolist() == list(range(5000))
+    assert len(radius_neighbours(db, radius=0, k=8).query) == 0  # all-vs-all: self excluded
 
 
 def test_neighbour_bound_keeps_nearest_with_index_tie_break():

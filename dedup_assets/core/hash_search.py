@@ -288,9 +288,9 @@ def radius_neighbours(
     """Every query's ``k`` nearest database codes within Hamming distance ``radius``, exactly.
 
     ``index``: a :class:`HashIndex` or the database codes (64-bit). ``queries``: 64-bit codes
-    (default: the database itself, all-vs-all). ``exclude_self`` (default: true when the queries
-    are the database, or have the same length) drops the hit ``index == query`` — row ``q`` of the
-    queries is taken to be a view (e.g. a mirrored hash) of database row ``q``. Ties at the
+    (default: the database itself, all-vs-all). ``exclude_self`` (default: true for all-vs-all,
+    false for separate queries) drops the hit ``index == query``: pass it for queries whose row
+    ``q`` is a view (e.g. a mirrored hash) of database row ``q``. Ties at the
     ``k``-th place are broken by distance, then database index (lowest kept). ``threads`` sets
     numba's thread count for this call.
     """
@@ -304,7 +304,7 @@ def radius_neighbours(
         raise ValueError(f"k must be >= 1, got {k}")
     q_codes = index.codes if queries is None else as_uint64(queries).ravel()
     if exclude_self is None:
-        exclude_self = queries is None or len(q_codes) == len(index)
+        exclude_self = queries is None
     m = len(q_codes)
     top_d = np.empty((m, k), dtype=np.uint8)
     top_j = np.empty((m, k), dtype=np.int32)
