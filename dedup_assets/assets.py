@@ -38,7 +38,7 @@ from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
-from .core.stage1 import analyse_collection
+from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MIN_INLIERS
 from .core.verify import global_similarities, local_inliers
 from .io_manager import MATCH_DOWNSTREAM
@@ -160,6 +160,13 @@ class HashingConfig(Config):
     max_pixels: int = Field(
         default=150_000_000, description="Images declaring more pixels are refused (bombs)."
     )
+    read_ahead: int = Field(
+        default=DEFAULT_READ_AHEAD,
+        description=(
+            "Reads in flight per worker while it decodes (hides store latency: raise it for "
+            "a remote store with high latency; 1 reads then decodes)."
+        ),
+    )
 
 
 STAGE1_SCHEMA = {
@@ -223,6 +230,7 @@ def wavelet_hashes(
             workers=workers,
             target_side=config.target_side,
             max_pixels=config.max_pixels,
+            read_ahead=config.read_ahead,
         ),
         1,
     ):

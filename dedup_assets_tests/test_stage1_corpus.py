@@ -251,3 +251,53 @@ def test_webp_quality_estimate_from_vp8_quantiser():
     lossy, est = webp_compression(buf.getvalue())  # animated: ANMF frames
     assert lossy and abs(est - 40) <= 12  # the animation encoder tunes segments differently
     assert webp_compression(b"RIFF\x04\x00\x00\x00WEBP") == (False, None)  # no image chunk
+
+
+class _CountingStore(LocalFolderStore):
+    """The real folder store, counting reads in flight; the first ``wait_for`` reads wait
+    for each other (a barrier), so the test fails unless that many run at once."""
+
+    def __init__(self, root: str, wait_for: int) -> None:
+        super().__init__(root)
+        import threading
+
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_barrier", threading.Barrier(wait_for, timeout=10))
+        object.__setattr__(self, "stats", {"now": 0, "max": 0, "reads": 0})
+
+    def read_bytes(self, collection: str, path: str) -> bytes:
+        with self._lock:
+            self.stats["now"] += 1
+            self.stats["reads"] += 1
+            self.stats["max"] = max(self.stats["max"], self.stats["now"])
+            first = self.stats["reads"] <= self._barrier.parties
+        try:
+            if first:
+                self._barrier.wait()  # BrokenBarrierError unless the reads overlap
+            return super().read_bytes(collection, path)
+        finally:
+            with self._lock:
+                self.stats["now"] -= 1
+
+
+def test_reads_run_ahead_of_the_analysis_in_order_and_bounded(tmp_path):
+    from dedup_assets.core.stage1 import analyse_chunk
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    photo = skdata.astronaut()
+    paths = []
+    for i in range(12):
+        name = f"img_{i:02d}.jpg"
+        (folder / name).write_bytes(enc(np.roll(photo, 17 * i, axis=1), quality=90))
+        paths.append(name)
+    paths.insert(5, "missing.jpg")  # fails to read in the middle of the chunk
+    store = _CountingStore(str(tmp_path), wait_for=4)
+    rows = analyse_chunk(store, "c", 256, 150_000_000, 4, paths)
+    assert [r["path"] for r in rows] == paths
+    assert store.stats["max"] == 4 and store.stats["reads"] == len(paths)
+    assert rows[5]["status"] == "error" and rows[5]["error_reason"] == "read_failed"
+    assert all(r["status"] == "ok" for i, r in enumerate(rows) if i != 5)
+    # the same rows as reading one file after the other
+    plain = [analyse_bytes((folder / p).read_bytes()) for p in paths if p != "missing.jpg"]
+    assert [r["whash"] for i, r in enumerate(rows) if i != 5] == [p["whash"] for p in plain]

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,7 +56,7 @@ from ..core.analyse import DEFAULT_TARGET_SIDE, analyse_bytes  # noqa: F401 - pr
 from ..core.decode import decode_image, decode_jpeg_pixels
 from ..core.parallel import ordered_map, worker_pool
 from ..core.sample import PHOTOS, load_photo
-from ..core.stage1 import analyse_collection
+from ..core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from ..core.store import LocalFolderStore
 
 
@@ -342,6 +343,54 @@ def _throughput(args, workdir: Path, sources) -> list[dict]:
     return results
 
 
+# --------------------------------------------------------------------------- store latency
+
+
+@dataclass(frozen=True)
+class _LatencyStore(LocalFolderStore):
+    """The local folder store with a fixed delay per read: what a remote store's GET
+    latency does to stage 1 (the delay is a sleep, so it costs no CPU, like a network wait)."""
+
+    latency_ms: float = 20.0
+
+    def read_bytes(self, collection: str, path: str) -> bytes:
+        time.sleep(self.latency_ms / 1000.0)
+        return super().read_bytes(collection, path)
+
+
+def _latency(args, workdir: Path, sources) -> dict:
+    """Stage 1 on 2 MP files behind ``--latency-ms`` of delay per read, for several
+    ``read_ahead`` settings, against the same files without delay."""
+    width, height = _dims(2)
+    coll = f"{COLLECTION}_latency"
+    names = _generate(args.workers, workdir / coll, args.images, width, height, args.quality, sources, seed=7)
+    plain = LocalFolderStore(str(workdir))
+    slow = _LatencyStore(str(workdir), latency_ms=args.latency_ms)
+    rates: dict[str, float] = {}
+    with worker_pool(args.workers, analyse_collection) as pool:
+        list(analyse_collection(plain, coll, names[:8], workers=args.workers, pool=pool))
+        runs = [("no_delay", plain, DEFAULT_READ_AHEAD)] + [
+            (f"read_ahead_{k}", slow, k) for k in (1, DEFAULT_READ_AHEAD, 2 * DEFAULT_READ_AHEAD)
+        ]
+        for label, store, k in runs:
+            secs = _timed(
+                lambda store=store, k=k: list(
+                    analyse_collection(store, coll, names, workers=args.workers, read_ahead=k, pool=pool)
+                )
+            )
+            rates[label] = round(len(names) / secs, 1)
+    if not args.keep:
+        shutil.rmtree(workdir / coll, ignore_errors=True)
+    return {
+        "latency_ms_per_read": args.latency_ms,
+        "images": len(names),
+        "images_per_s": rates,
+        "default_read_ahead": DEFAULT_READ_AHEAD,
+        "default_vs_no_delay": round(rates[f"read_ahead_{DEFAULT_READ_AHEAD}"] / rates["no_delay"], 3),
+        "default_vs_read_ahead_1": round(rates[f"read_ahead_{DEFAULT_READ_AHEAD}"] / rates["read_ahead_1"], 3),
+    }
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -415,6 +464,10 @@ def _table(report: dict) -> str:
             lines.append(f"{r['label']:>6} stage-1 peak RSS: tree {p['tree_sampled_mb']} MB sampled, parent "
                          f"{p['parent_vmhwm_mb']} MB, largest worker {p['max_child_vmhwm_mb']} MB; statuses "
                          f"{r['stage1_statuses']}; targets {r['meets_targets']}")
+    lat = report.get("store_latency")
+    if lat:
+        lines.append(f"stage 1 behind {lat['latency_ms_per_read']:g} ms per read, 2 MP, images/s: {lat['images_per_s']}; "
+                     f"default read-ahead vs none {lat['default_vs_read_ahead_1']}x, vs no delay {lat['default_vs_no_delay']}x")
     mem = report.get("memory")
     if mem:
         lines.append("stage 1 peak RSS vs collection size (fresh process each)")
@@ -441,6 +494,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rss-distinct", type=int, default=300, help="distinct files in the memory run")
     p.add_argument("--no-throughput", action="store_true", help="only the memory run")
     p.add_argument("--no-rss", action="store_true", help="skip the memory run")
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="also run stage 1 behind this delay per read (a remote store), per read_ahead")
     p.add_argument("--workdir", default=None, help="where to write the generated files (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the generated files")
     p.add_argument("--json", default=None, help="write the JSON report here")
@@ -486,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_throughput:
             report["throughput"] = _throughput(args, workdir, sources)
+        if args.latency_ms > 0:
+            report["store_latency"] = _latency(args, workdir, sources)
         if not args.no_rss:
             report["memory"] = _memory(args, workdir, sources)
     finally:
