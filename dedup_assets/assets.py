@@ -350,7 +350,7 @@ def color_groups(
         images.height,
         images_read=0,
         collection_images=_inventory_size(wavelet_hashes),
-        models="faiss binary index (exact Hamming search), colour signature",
+        models="multi-index hashing (exact Hamming search, core.hash_search), colour signature",
         exact_pairs=len(exact),
         hash_pairs=len(near),
         kept_pairs=int(frame["color_kept"].sum()),
