@@ -42,7 +42,7 @@ from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
-from .core.verify import global_similarities, local_inliers
+from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
 from .core.embedding_cache import EmbeddingCache
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
@@ -353,7 +353,7 @@ def color_groups(
         images.height,
         images_read=0,
         collection_images=_inventory_size(wavelet_hashes),
-        models="faiss binary index (exact Hamming search), colour signature",
+        models="multi-index hashing (exact Hamming search, core.hash_search), colour signature",
         exact_pairs=len(exact),
         hash_pairs=len(near),
         kept_pairs=int(frame["color_kept"].sum()),
@@ -548,6 +548,13 @@ class LocalConfig(Config):
         ),
     )
     n_features: int = Field(default=1000, description="ORB keypoints per image.")
+    max_views: int = Field(
+        default=DEFAULT_MAX_VIEWS,
+        description=(
+            "Image views (~90 KB each) held in memory at once; images whose views were "
+            "evicted are read again (see downloads_per_image)."
+        ),
+    )
     workers: int = Field(default=0, description="Processes (0: one per core).")
 
 
@@ -573,6 +580,7 @@ def local_groups(
         store.resolve_collection(context.partition_key),
         n_features=config.n_features,
         workers=config.workers or default_workers(),
+        max_views=config.max_views,
     )
     consistent = ~(disagreement > config.max_disagreement)  # NaN (not checked): consistent
     for path, err in stats.read_errors.items():
@@ -601,6 +609,7 @@ def local_groups(
         kept_pairs=int(frame["local_kept"].sum()),
         dropped_inconsistent_overlap=int(((inliers >= config.min_inliers) & ~consistent).sum()),
         threshold=config.min_inliers,
+        max_disagreement=config.max_disagreement,
     )
     return frame
 
@@ -796,7 +805,15 @@ def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> ga
         ).records
         meta = records[0].asset_materialization.metadata if records else {}
         found[name] = float(meta["threshold"].value) if "threshold" in meta else default
-    return gallery.Thresholds(found["color_groups"], found["global_groups"], found["local_groups"])
+        if name == "local_groups":
+            found["overlap"] = (
+                float(meta["max_disagreement"].value)
+                if "max_disagreement" in meta
+                else LocalConfig().max_disagreement
+            )
+    return gallery.Thresholds(
+        found["color_groups"], found["global_groups"], found["local_groups"], found["overlap"]
+    )
 
 
 @asset(

@@ -110,13 +110,7 @@ def _caption(photo: Image.Image) -> Image.Image:
     return out
 
 
-def test_a_cutout_on_another_background_is_not_a_copy_but_edited_copies_are(tmp_path):
-    """The overlap check: keypoints on a shared object are not enough when the rest of the
-    overlapping picture disagrees; captions, recolouring and crops of one picture agree.
-    Images smaller than the keypoint frame are included (their features are upscaled)."""
-    from dedup_assets.core.candidates import Pair
-    from dedup_assets.core.local_features import DEFAULT_MAX_DISAGREEMENT
-
+def _edited_and_composites(tmp_path) -> list[str]:
     folder = tmp_path / "c"
     folder.mkdir()
     astro = _photo("astronaut")  # 512 x 512
@@ -131,6 +125,17 @@ def test_a_cutout_on_another_background_is_not_a_copy_but_edited_copies_are(tmp_
     for name, im in files.items():
         im.save(folder / name, quality=92)
     paths = sorted(files)
+    return paths
+
+
+def test_a_cutout_on_another_background_is_not_a_copy_but_edited_copies_are(tmp_path):
+    """The overlap check: keypoints on a shared object are not enough when the rest of the
+    overlapping picture disagrees; captions, recolouring and crops of one picture agree.
+    Images smaller than the keypoint frame are included (their features are upscaled)."""
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.local_features import DEFAULT_MAX_DISAGREEMENT
+
+    paths = _edited_and_composites(tmp_path)
     i = {p: n for n, p in enumerate(paths)}
     pairs = [Pair(i["a.jpg"], i[p], "global", -1, 0) for p in paths if p != "a.jpg"]
     inliers, disagreement, _ = local_inliers(pairs, paths, LocalFolderStore(str(tmp_path)), "c", workers=1)
@@ -160,3 +165,22 @@ def test_knn_index_is_exact_below_flat_max_and_ivf_above_finds_near_duplicates()
     for index in (flat, ivf):
         sims, nn = index.search(x[:100], 2)
         assert (nn[:, 1] == np.arange(1500, 1600)).all() and (sims[:, 1] > 0.99).all()
+
+
+def test_local_stage_memory_is_bounded_and_gives_the_same_answers(tmp_path):
+    """With room for only 4 views the local stage reads some images again (counted) and
+    returns exactly what it returns with everything in memory."""
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.verify import locality_order
+
+    paths = _edited_and_composites(tmp_path)
+    pairs = [Pair(a, b, "global", -1, t) for a in range(len(paths)) for b in range(a + 1, len(paths))
+             for t in ((0, 1) if (a + b) % 3 == 0 else (0,))]
+    assert sorted(locality_order(pairs)) == list(range(len(pairs)))
+    store = LocalFolderStore(str(tmp_path))
+    full, full_d, full_stats = local_inliers(pairs, paths, store, "c", workers=1)
+    small, small_d, small_stats = local_inliers(pairs, paths, store, "c", workers=1, max_views=4)
+    assert full_stats.images_read == len(paths)  # each image read once
+    assert small_stats.images_read > len(paths)  # evicted views were read again
+    assert full.tolist() == small.tolist() and (full >= 0).all()
+    np.testing.assert_array_equal(full_d, small_d)

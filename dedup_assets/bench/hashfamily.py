@@ -5,7 +5,8 @@ Stage 1 stores, per image, its 64-bit wavelet hash and the hashes of its 8 dihed
 transforms (``hash_variants``; ``k`` = identity, flip_lr, rot90, rot180, rot270, flip_ud,
 transpose, transverse). Candidate search matches image ``B`` to ``A`` when
 ``hamming(whash(B), hash_variants(A)[k]) <= radius`` for some ``k`` (then ``B ≈ transform_k(A)``),
-exactly as ``core.candidates.hash_neighbour_pairs`` does with a faiss binary index.
+exactly as ``core.candidates.hash_neighbour_pairs`` does (exact multi-index search,
+``core.hash_search``).
 
 For every group of ``DIR/ground_truth.json`` (or ``--reference`` only), this reports per
 member file: the distance to the reference's family (min over ``k``) and the ``k`` reaching

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from .color import ColorSignature, color_similarity
-from .hashing import invert_dihedral
+from .hash_search import variant_neighbour_pairs
 
 PAIR_SOURCES = ("exact", "hash", "global", "rotation")
 
@@ -33,7 +32,8 @@ class Pair:
 
 
 def hashes_to_codes(hashes: np.ndarray) -> np.ndarray:
-    """Signed/unsigned 64-bit hashes (any shape ``(...,)``) as faiss binary codes ``(..., 8)``."""
+    """Signed/unsigned 64-bit hashes (any shape ``(...,)``) as faiss binary codes ``(..., 8)``
+    (big-endian bytes, as faiss ``IndexBinary*`` expect; used by the scale benchmark's baseline)."""
     u = np.ascontiguousarray(hashes, dtype=np.int64).view(np.uint64)
     return u.astype(">u8").view(np.uint8).reshape(*u.shape, 8)
 
@@ -60,40 +60,30 @@ def hash_neighbour_pairs(
     *,
     radius: int,
     max_neighbours: int,
+    threads: int | None = None,
 ) -> list[Pair]:
     """Pairs of images whose hashes lie within ``radius`` bits, any dihedral variant included.
 
     ``variants`` is ``(n, 8)`` 64-bit hashes (column 0 the image itself, column k the hash of
     its transform k). Only rows listed in ``candidates`` take part (e.g. one representative per
-    exact-copy set). Search is exact within the ``max_neighbours`` nearest per query variant
-    (faiss binary flat index), which bounds the edges per image.
+    exact-copy set). For every candidate image and every variant ``k``, the hash of its
+    transform ``k`` is searched against the column-0 hashes of the other candidates, *exactly*
+    within ``radius`` bits (multi-index hashing, :mod:`dedup_assets.core.hash_search`; not an
+    approximate index, not O(n²)), keeping the ``max_neighbours`` nearest per image and variant
+    (ties by distance, then position in ``candidates``), which bounds the edges per image. A
+    hit ``j`` for image ``i``'s variant ``k`` means ``j ≈ transform_k(i)``; pairs keep the
+    smallest ``(hamming, transform)`` found in either direction.
     """
-    idx = np.asarray(candidates, dtype=np.int64)
-    n = len(idx)
-    if n < 2:
+    idx = np.unique(np.asarray(candidates, dtype=np.int64))  # sorted: a < b survives mapping
+    if len(idx) < 2:
         return []
-    codes = hashes_to_codes(variants[idx])  # (n, 8 variants, 8 bytes)
-    index = faiss.IndexBinaryFlat(64)
-    index.add(np.ascontiguousarray(codes[:, 0, :]))
-    k = min(n, max_neighbours + 1)
-    queries = np.ascontiguousarray(codes.reshape(n * 8, 8))
-    dist, nn = index.search(queries, k)
-    best: dict[tuple[int, int], tuple[int, int]] = {}
-    for q in range(n * 8):
-        i, variant = divmod(q, 8)
-        for d, j in zip(dist[q], nn[q]):
-            if j < 0 or d > radius or j == i:
-                continue
-            # image j ≈ transform_variant(image i)
-            if i < j:
-                key, t = (i, int(j)), variant
-            else:
-                key, t = (int(j), i), invert_dihedral(variant)
-            prev = best.get(key)
-            if prev is None or (int(d), t) < prev:
-                best[key] = (int(d), t)
+    found = variant_neighbour_pairs(
+        np.asarray(variants)[idx], radius=radius, max_neighbours=max_neighbours, threads=threads
+    )
+    a, b = idx[found.a], idx[found.b]
     return [
-        Pair(int(idx[a]), int(idx[b]), "hash", d, t) for (a, b), (d, t) in sorted(best.items())
+        Pair(int(x), int(y), "hash", int(d), int(t))
+        for x, y, d, t in zip(a, b, found.hamming, found.transform)
     ]
 
 

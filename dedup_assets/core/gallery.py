@@ -53,7 +53,7 @@ IMAGE_COLUMNS = ("path", "content_md5", "width", "height", "format", "file_size"
 #: pair columns the gallery reads from ``local_groups`` (those missing are shown empty)
 PAIR_COLUMNS = (
     "path_a", "path_b", "source", "hamming", "transform",
-    "color_similarity", "global_similarity", "inliers", "local_kept",
+    "color_similarity", "global_similarity", "inliers", "overlap_disagreement", "local_kept",
 )
 
 
@@ -64,6 +64,7 @@ class Thresholds:
     color: float = 0.6
     global_: float = 0.85
     inliers: float = 25
+    overlap: float = 0.26  # max_disagreement of the local stage
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ def pair_margins(pairs: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
         "colour": (col("color_similarity") - t.color) / max(1e-9, 1 - t.color),
         "global": (col("global_similarity") - t.global_) / max(1e-9, 1 - t.global_),
         "keypoints": ((col("inliers") - t.inliers) / max(1e-9, t.inliers)).clip(upper_bound=1.0),
+        "overlap": (t.overlap - col("overlap_disagreement")) / max(1e-9, t.overlap),
     }
     certain = pl.col("source").is_in(["exact", "analyst"])
     margin = pl.min_horizontal(*stages.values())
@@ -128,7 +130,7 @@ def _schema_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
     types = {
         "path_a": pl.String, "path_b": pl.String, "source": pl.String, "hamming": pl.Int32,
         "transform": pl.Int8, "color_similarity": pl.Float64, "global_similarity": pl.Float64,
-        "inliers": pl.Int32, "local_kept": pl.Boolean,
+        "inliers": pl.Int32, "overlap_disagreement": pl.Float64, "local_kept": pl.Boolean,
     }
     return pairs.select(
         [
@@ -536,14 +538,15 @@ def _pair_row(p: dict, borderline: float) -> str:
         f"<td>{p['source_html']}{_KIND_LABEL.get(kind, '')}{note}</td><td class=n>{_num(p.get('hamming'))}</td>"
         f"<td>{tname}</td><td class=n>{_num(p.get('color_similarity'), 3)}</td>"
         f"<td class=n>{_num(p.get('global_similarity'), 3)}</td><td class=n>{_num(p.get('inliers'))}</td>"
-        f"<td class='n m'>{_num(margin)}{stage}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
+        f"<td class=n>{_num(p.get('overlap_disagreement'), 2)}</td><td class='n m'>{_num(margin)}{stage}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
     )
 
 
 PAIR_HEADER = (
     "<tr><th>image A</th><th>image B</th><th>found by</th><th title='Hamming distance of the 64-bit "
     "wavelet hashes'>hash dist.</th><th>transform</th><th>colour sim.</th><th>global sim.</th>"
-    "<th>keypoint inliers</th><th title='smallest scaled margin above a stage threshold; low = "
+    "<th>keypoint inliers</th><th title='fraction of the shared area where the two pictures "
+    "disagree once aligned'>overlap disagr.</th><th title='smallest scaled margin above a stage threshold; low = "
     "borderline'>margin (weakest stage)</th><th></th></tr>"
 )
 
@@ -690,7 +693,7 @@ def render_index(data: GalleryData, collection: str, options: GalleryOptions,
         ).iter_rows()
     )
     thr = (f"colour similarity ≥ {thresholds.color}, global similarity ≥ {thresholds.global_}, "
-           f"keypoint inliers ≥ {thresholds.inliers:g}")
+           f"keypoint inliers ≥ {thresholds.inliers:g}, overlap disagreement ≤ {thresholds.overlap:g}")
     info = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in result_info.items())
     err_rows = "".join(
         f"<tr><td class=p>{_e(p)}</td><td><span class='badge bad'>{_e(r)}</span></td></tr>"

@@ -8,6 +8,7 @@ mirrored and rotated copies are compared the right way round.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -314,6 +315,35 @@ def _discover(
     return [Pair(a, b, source, -1, t) for (a, b), (_, t) in sorted(best.items())]
 
 
+#: views (features + overlap-check image, ~90 KB each) the local stage keeps in memory at once
+DEFAULT_MAX_VIEWS = 20_000
+
+
+def locality_order(pairs: Sequence[Pair]) -> list[int]:
+    """Indices of ``pairs`` in an order that keeps each image's pairs close together:
+    images ranked by a breadth-first walk of each connected component (components in order
+    of their smallest image), pairs sorted by the later rank of their two images."""
+    adj: dict[int, list[int]] = {}
+    for p in pairs:
+        adj.setdefault(p.a, []).append(p.b)
+        adj.setdefault(p.b, []).append(p.a)
+    rank: dict[int, int] = {}
+    for start in sorted(adj):
+        if start in rank:
+            continue
+        rank[start] = len(rank)
+        queue = deque([start])
+        while queue:
+            for j in sorted(adj[queue.popleft()]):
+                if j not in rank:
+                    rank[j] = len(rank)
+                    queue.append(j)
+    return sorted(
+        range(len(pairs)),
+        key=lambda n: (max(rank[pairs[n].a], rank[pairs[n].b]), min(rank[pairs[n].a], rank[pairs[n].b]), n),
+    )
+
+
 def local_inliers(
     pairs: Sequence[Pair],
     paths: Sequence[str],
@@ -322,29 +352,67 @@ def local_inliers(
     *,
     n_features: int = 1000,
     workers: int | None = None,
+    max_views: int = DEFAULT_MAX_VIEWS,
 ) -> tuple[np.ndarray, np.ndarray, StageStats]:
     """RANSAC inlier count of ORB matches for each pair (-1 where an image could not be
     read) and the overlap disagreement of the pair (``local_features.overlap_disagreement``;
-    NaN where no homography was found)."""
+    NaN where no homography was found).
+
+    Memory is bounded by ``max_views`` views whatever the number of pairs (1.5 x while a
+    batch loads): pairs are taken in :func:`locality_order`, in batches needing at most half
+    of ``max_views`` views, and views are kept in a least-recently-used cache; a view evicted
+    and needed again is read again (``stats.images_read`` counts every read, so downloads per
+    image show it).
+    """
     stats = StageStats()
-    views = needed_views(pairs)
-    feats: dict[tuple[int, int], tuple] = {}
-    fn = functools.partial(_views_features, store, collection, n_features)
-    for i, result in _iter_views(fn, paths, views, workers):
-        stats.images_read += 1
-        if isinstance(result, str):
-            stats.read_errors[paths[i]] = result
-            continue
-        for k, f in result.items():
-            feats[(i, k)] = f
     out = np.full(len(pairs), -1, dtype=np.int32)
     disagree = np.full(len(pairs), np.nan, dtype=np.float32)
-    for n, p in enumerate(pairs):
-        va, vb = feats.get((p.a, p.transform)), feats.get((p.b, 0))
-        if va is None or vb is None:
-            continue
-        inliers, _, H = match_homography(va[0], vb[0])
-        out[n] = inliers
-        if H is not None:
-            disagree[n] = overlap_disagreement(va[1], vb[1], H, va[2], vb[2])
+    cache: OrderedDict[tuple[int, int], tuple] = OrderedDict()
+    fn = functools.partial(_views_features, store, collection, n_features)
+    budget = max(2, max_views // 2)
+
+    def run(batch: list[int]) -> None:
+        needed = needed_views([pairs[n] for n in batch])
+        missing = {
+            i: {k for k in ks if (i, k) not in cache}
+            for i, ks in needed.items()
+            if paths[i] not in stats.read_errors
+        }
+        missing = {i: ks for i, ks in missing.items() if ks}
+        for i, result in _iter_views(fn, paths, missing, workers):
+            stats.images_read += 1
+            if isinstance(result, str):
+                stats.read_errors[paths[i]] = result
+                continue
+            for k, view in result.items():
+                cache[(i, k)] = view
+        for i, ks in needed.items():  # used now: most recent
+            for k in ks:
+                if (i, k) in cache:
+                    cache.move_to_end((i, k))
+        for n in batch:
+            p = pairs[n]
+            va, vb = cache.get((p.a, p.transform)), cache.get((p.b, 0))
+            if va is None or vb is None:
+                continue
+            inliers, _, H = match_homography(va[0], vb[0])
+            out[n] = inliers
+            if H is not None:
+                disagree[n] = overlap_disagreement(va[1], vb[1], H, va[2], vb[2])
+        while len(cache) > max(max_views, budget):
+            cache.popitem(last=False)
+
+    batch: list[int] = []
+    batch_views: set[tuple[int, int]] = set()
+    for n in locality_order(pairs):
+        p = pairs[n]
+        new = {(p.a, p.transform), (p.b, 0)} - batch_views
+        if batch and len(batch_views) + len(new) > budget:
+            run(batch)
+            batch, batch_views = [], set()
+            new = {(p.a, p.transform), (p.b, 0)}
+        batch.append(n)
+        batch_views |= new
+    if batch:
+        run(batch)
     return out, disagree, stats
