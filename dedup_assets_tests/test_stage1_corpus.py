@@ -281,7 +281,8 @@ class _CountingStore(LocalFolderStore):
 
 
 def test_reads_run_ahead_of_the_analysis_in_order_and_bounded(tmp_path):
-    from dedup_assets.core.stage1 import analyse_chunk
+    from dedup_assets.core.parallel import read_ahead_chunk
+    from dedup_assets.core.stage1 import analyse_path
 
     folder = tmp_path / "c"
     folder.mkdir()
@@ -293,7 +294,7 @@ def test_reads_run_ahead_of_the_analysis_in_order_and_bounded(tmp_path):
         paths.append(name)
     paths.insert(5, "missing.jpg")  # fails to read in the middle of the chunk
     store = _CountingStore(str(tmp_path), wait_for=4)
-    rows = analyse_chunk(store, "c", 256, 150_000_000, 4, paths)
+    rows = read_ahead_chunk(analyse_path, (256, 150_000_000), store, "c", 4, paths)
     assert [r["path"] for r in rows] == paths
     assert store.stats["max"] == 4 and store.stats["reads"] == len(paths)
     assert rows[5]["status"] == "error" and rows[5]["error_reason"] == "read_failed"

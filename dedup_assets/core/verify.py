@@ -7,7 +7,6 @@ mirrored and rotated copies are compared the right way round.
 
 from __future__ import annotations
 
-import functools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .local_features import (
     match_homography,
     overlap_disagreement,
 )
-from .parallel import ordered_map
+from .parallel import map_reading
 from .rotation import rotation_descriptor
 from .store import ImageStore
 
@@ -133,11 +132,19 @@ class StageStats:
 
 
 def _iter_views(
-    fn: Callable, paths: Sequence[str], views: dict[int, set[int]], workers: int | None
+    fn: Callable,
+    extra: tuple,
+    store: ImageStore,
+    collection: str,
+    paths: Sequence[str],
+    views: dict[int, set[int]],
+    workers: int | None,
 ):
+    """``(i, fn(store, collection, *extra, (paths[i], transforms)))`` per image, on worker
+    processes that read a few files ahead of their decoding."""
     order = sorted(views)
     items = [(paths[i], tuple(sorted(views[i]))) for i in order]
-    return zip(order, ordered_map(fn, items, workers=workers, chunk_size=4))
+    return zip(order, map_reading(fn, extra, store, collection, items, workers=workers, chunk_size=4))
 
 
 def global_similarities(
@@ -209,8 +216,7 @@ def global_similarities(
             batch_keys.clear()
             batch_imgs.clear()
 
-    fn = functools.partial(_views_rgb, store, collection, transform)
-    for i, result in _iter_views(fn, paths, views, workers):
+    for i, result in _iter_views(_views_rgb, (transform,), store, collection, paths, views, workers):
         stats.images_read += 1
         if isinstance(result, str):
             stats.read_errors[paths[i]] = result
@@ -368,7 +374,6 @@ def local_inliers(
     out = np.full(len(pairs), -1, dtype=np.int32)
     disagree = np.full(len(pairs), np.nan, dtype=np.float32)
     cache: OrderedDict[tuple[int, int], tuple] = OrderedDict()
-    fn = functools.partial(_views_features, store, collection, n_features)
     budget = max(2, max_views // 2)
 
     def run(batch: list[int]) -> None:
@@ -379,7 +384,7 @@ def local_inliers(
             if paths[i] not in stats.read_errors
         }
         missing = {i: ks for i, ks in missing.items() if ks}
-        for i, result in _iter_views(fn, paths, missing, workers):
+        for i, result in _iter_views(_views_features, (n_features,), store, collection, paths, missing, workers):
             stats.images_read += 1
             if isinstance(result, str):
                 stats.read_errors[paths[i]] = result
