@@ -797,22 +797,20 @@ def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> ga
         ),
         "local_groups": LocalConfig().min_inliers,
     }
-    found = {}
-    for name, default in defaults.items():
+    meta = {}
+    for name in defaults:
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[context.partition_key]),
             limit=1,
         ).records
-        meta = records[0].asset_materialization.metadata if records else {}
-        found[name] = float(meta["threshold"].value) if "threshold" in meta else default
-        if name == "local_groups":
-            found["overlap"] = (
-                float(meta["max_disagreement"].value)
-                if "max_disagreement" in meta
-                else LocalConfig().max_disagreement
-            )
+        meta[name] = records[0].asset_materialization.metadata if records else {}
+
+    def value(name: str, key: str, default: float) -> float:
+        return float(meta[name][key].value) if key in meta[name] else default
+
     return gallery.Thresholds(
-        found["color_groups"], found["global_groups"], found["local_groups"], found["overlap"]
+        *(value(name, "threshold", default) for name, default in defaults.items()),
+        value("local_groups", "max_disagreement", LocalConfig().max_disagreement),
     )
 
 

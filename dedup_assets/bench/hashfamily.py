@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import emit
 from ..core.analyse import analyse_bytes
 from ..core.hashing import DIHEDRAL_NAMES, hamming
 from ..core.store import LocalFolderStore
@@ -127,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the JSON report here")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     report = run(Path(args.dir).resolve(), args.reference, args.radius)
-    print(_table(report))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        print(f"JSON written to {args.json}")
+    emit(report, _table(report), args.json, echo_json=False)
     return 0
 
 

@@ -45,9 +45,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from . import emit
 
 TARGET_SPEEDUP = 30.0
 TARGET_RSS_MB = 1536.0
@@ -408,13 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"n={n:,} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["total_s"] = round(time.perf_counter() - started, 1)
-    print(_table(report))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        print(f"JSON written to {args.json}")
-    else:
-        print(text)
+    emit(report, _table(report), args.json)
     return 0 if all("error" not in s for s in report["sizes"]) else 1
 
 

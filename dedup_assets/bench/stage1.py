@@ -52,6 +52,7 @@ import numpy as np
 import psutil
 from PIL import Image, features
 
+from . import emit
 from ..core.analyse import DEFAULT_TARGET_SIDE, analyse_bytes  # noqa: F401 - preloaded in workers
 from ..core.decode import decode_image, decode_jpeg_pixels
 from ..core.parallel import ordered_map, worker_pool
@@ -550,13 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["total_s"] = round(time.perf_counter() - started, 1)
-    print(_table(report))
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-        print(f"JSON written to {args.json}")
-    else:
-        print(text)
+    emit(report, _table(report), args.json)
     return 0
 
 

@@ -770,12 +770,12 @@ def load_embedder(
         weights_fingerprint=fingerprint,
     )
     embedder = ClipEmbedder(model, preprocess, info, batch_size=batch_size)
-    probe = _probe_batch(embedder.size)
+    probe = _probe_batch(embedder.size) if (not info.dim or prec != "fp32") else None
     if not info.dim:
         with torch.inference_mode():
             info.dim = int(model.encode_image(embedder._normalise(probe[:1])).shape[-1])
-    ref = embedder.embed_uint8(probe)
     if prec != "fp32":
+        ref = embedder.embed_uint8(probe)  # the fp32 reference of the probe
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[prec]
         try:
             model.to(dtype=dtype)

@@ -538,7 +538,8 @@ def _pair_row(p: dict, borderline: float) -> str:
         f"<td>{p['source_html']}{_KIND_LABEL.get(kind, '')}{note}</td><td class=n>{_num(p.get('hamming'))}</td>"
         f"<td>{tname}</td><td class=n>{_num(p.get('color_similarity'), 3)}</td>"
         f"<td class=n>{_num(p.get('global_similarity'), 3)}</td><td class=n>{_num(p.get('inliers'))}</td>"
-        f"<td class=n>{_num(p.get('overlap_disagreement'), 2)}</td><td class='n m'>{_num(margin)}{stage}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
+        f"<td class=n>{_num(p.get('overlap_disagreement'), 2)}</td>"
+        f"<td class='n m'>{_num(margin)}{stage}{' ⚠' if low else ''}</td><td>{action}</td></tr>"
     )
 
 
@@ -546,8 +547,9 @@ PAIR_HEADER = (
     "<tr><th>image A</th><th>image B</th><th>found by</th><th title='Hamming distance of the 64-bit "
     "wavelet hashes'>hash dist.</th><th>transform</th><th>colour sim.</th><th>global sim.</th>"
     "<th>keypoint inliers</th><th title='fraction of the shared area where the two pictures "
-    "disagree once aligned'>overlap disagr.</th><th title='smallest scaled margin above a stage threshold; low = "
-    "borderline'>margin (weakest stage)</th><th></th></tr>"
+    "disagree once aligned'>overlap disagr.</th>"
+    "<th title='smallest scaled margin above a stage threshold; low = borderline'>margin (weakest stage)</th>"
+    "<th></th></tr>"
 )
 
 

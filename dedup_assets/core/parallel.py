@@ -158,8 +158,9 @@ class ReadAhead:
         self._pending: dict[str, deque[Future]] = {}
         self._in_flight = 0
         self._ahead = max(1, int(read_ahead))
-        self._threads = ThreadPoolExecutor(min(self._ahead, len(self._todo)) or 1, thread_name_prefix="read-ahead") \
-            if self._ahead > 1 and len(self._todo) > 1 else None
+        self._threads = None
+        if self._ahead > 1 and len(self._todo) > 1:
+            self._threads = ThreadPoolExecutor(min(self._ahead, len(self._todo)), thread_name_prefix="read-ahead")
         self._fill()
 
     def _fill(self) -> None:

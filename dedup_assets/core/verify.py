@@ -119,7 +119,8 @@ def _views_features(
     out = {}
     for k in transforms:
         view = np.ascontiguousarray(apply_dihedral(gray, k))
-        out[k] = (extract_features(view, n_features, LOCAL_SIDE), check_gray(view), feature_frame(view.shape, LOCAL_SIDE))
+        features = extract_features(view, n_features, LOCAL_SIDE)
+        out[k] = (features, check_gray(view), feature_frame(view.shape, LOCAL_SIDE))
     return out
 
 
@@ -232,17 +233,14 @@ def global_similarities(
     stats.images_embedded = len(new_images)
     keyed = [i for i in new_images if content_keys is not None and content_keys[i]]
     if cache is not None and keyed:
-        new_images = keyed
-        fresh = set(new_images)
-        entries: dict[str, dict[int, np.ndarray]] = {}
-        for i in new_images:
-            entries.setdefault(content_keys[i], {})[ROTATION_VIEW] = rot[i]
+        entries: dict[str, dict[int, np.ndarray]] = {content_keys[i]: {ROTATION_VIEW: rot[i]} for i in keyed}
+        fresh = set(keyed)
         for (i, k), v in emb.items():
             if i in fresh:
                 entries[content_keys[i]][k] = v
         cache.save(
             entries,
-            {content_keys[i]: (shards[i] if shards is not None else "all") for i in new_images},
+            {content_keys[i]: (shards[i] if shards is not None else "all") for i in keyed},
             keep=[k for k in content_keys if k],
         )
 
@@ -379,11 +377,10 @@ def local_inliers(
     def run(batch: list[int]) -> None:
         needed = needed_views([pairs[n] for n in batch])
         missing = {
-            i: {k for k in ks if (i, k) not in cache}
+            i: todo
             for i, ks in needed.items()
-            if paths[i] not in stats.read_errors
+            if paths[i] not in stats.read_errors and (todo := {k for k in ks if (i, k) not in cache})
         }
-        missing = {i: ks for i, ks in missing.items() if ks}
         for i, result in _iter_views(_views_features, (n_features,), store, collection, paths, missing, workers):
             stats.images_read += 1
             if isinstance(result, str):
