@@ -22,6 +22,7 @@ from dagster import (
     AssetRecordsFilter,
     Backoff,
     Config,
+    Failure,
     Jitter,
     MetadataValue,
     MultiPartitionKey,
@@ -177,7 +178,7 @@ STAGE1_SCHEMA = {
     "status": pl.String,
     "error_reason": pl.String,
     "error_message": pl.String,
-    "content_md5": pl.String,
+    "content_hash": pl.String,
     "file_size": pl.Int64,
     "format": pl.String,
     "mode": pl.String,
@@ -243,8 +244,10 @@ def wavelet_hashes(
             rows = []
         progress.update(n)
     chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
-    frame = pl.concat(chunks).with_columns(
-        collection=pl.lit(collection), shard=pl.lit(shard)
+    frame = (
+        pl.concat(chunks)
+        .join(inventory.select("path", "content_md5"), on="path", how="left")  # the store's MD5
+        .with_columns(collection=pl.lit(collection), shard=pl.lit(shard))
     )
     errors = frame.filter(pl.col("status") != "ok")
     timer.done(
@@ -259,7 +262,7 @@ def wavelet_hashes(
             dict(errors.group_by("error_reason").len().iter_rows()) if errors.height else {}
         ),
     )
-    return frame.select("collection", "shard", *STAGE1_SCHEMA)
+    return frame.select("collection", "shard", *STAGE1_SCHEMA, "content_md5")
 
 
 # --------------------------------------------------------------------------- pairs
@@ -286,6 +289,11 @@ class CandidateConfig(Config):
 
 
 def _ok_images(wavelet_hashes: pl.DataFrame) -> pl.DataFrame:
+    if "content_hash" not in wavelet_hashes.columns:  # written by a version before content_hash
+        raise Failure(
+            "wavelet_hashes partitions were written by an older version of dedup_assets (no "
+            "content_hash column): materialise wavelet_hashes again for this collection"
+        )
     return wavelet_hashes.filter(pl.col("status") == "ok").sort("path")
 
 
@@ -330,7 +338,7 @@ def color_groups(
     timer = Timer(context)
     images = _ok_images(wavelet_hashes)
     paths = images["path"].to_list()
-    exact, rep = exact_pairs(images["content_md5"].to_list())
+    exact, rep = exact_pairs(images["content_hash"].to_list())
     variants = np.array(images["hash_variants"].to_list(), dtype=np.int64).reshape(-1, 8)
     near = hash_neighbour_pairs(
         variants,
@@ -399,7 +407,7 @@ class GlobalConfig(Config):
         default=True,
         description=(
             "Keep embeddings (float16 Parquet beside the DuckDB file, <stem>_embeddings/) and "
-            "reuse them for images whose content MD5 (else etag) and model are unchanged."
+            "reuse them for images whose content hash and model are unchanged."
         ),
     )
 
@@ -433,13 +441,7 @@ def global_groups(
     # beside the DuckDB file (another IO manager, or a database that is no file: no cache)
     cache_root = getattr(io_manager, "embeddings_dir", None) if config.reuse_embeddings else None
     cache = EmbeddingCache(cache_root, info.cache_key(), collection) if cache_root is not None else None
-    content_keys = [
-        md5 or (f"etag:{etag}" if etag else None)  # no key: not cached
-        for md5, etag in zip(
-            images["content_md5"].to_list(),
-            images["etag"].to_list() if "etag" in images.columns else [None] * len(paths),
-        )
-    ]
+    content_keys = images["content_hash"].to_list()  # None (no key): not cached
     res = global_similarities(
         todo,
         paths,
@@ -711,14 +713,14 @@ def deduplicated_files(
     prefix = store.resolve_collection(context.partition_key)
     todo = (
         best_selection.filter(pl.col("status") != "Error")
-        .join(wavelet_hashes.select("path", "content_md5"), on="path")
+        .join(wavelet_hashes.select("path", "content_hash", "content_md5"), on="path")
         .with_columns(dest=report.destination_expr())
         .sort("path")
     )
     progress = Progress(context, f"copies {context.partition_key}", todo.height)
     actions = []
     for action in image_store.copy_many(
-        prefix, todo.select("path", "dest", "content_md5").iter_rows()
+        prefix, todo.select("path", "dest", "content_hash", "content_md5").iter_rows()
     ):
         actions.append(action)
         progress.update(len(actions))

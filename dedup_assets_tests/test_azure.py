@@ -3,12 +3,14 @@ without faults injected between the SDK and Azurite."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 from azure.storage.blob import BlobServiceClient
 from dagster import DagsterInstance, EnvVar, build_sensor_context, materialize
@@ -23,6 +25,7 @@ from dedup_assets.assets import ALL_ASSETS
 from dedup_assets.runner import materialize_collection
 from dedup_assets.cli import main
 from dedup_assets.core.azure_retry import THROTTLE
+from dedup_assets.core.content import content_hash
 from dedup_assets.core.azure_store import (
     AZURITE_KEY,
     AzureAuth,
@@ -168,12 +171,23 @@ def _outputs(store: AzureBlobStore) -> dict[str, bytes]:
     }
 
 
+def _check_report(azure_report: bytes, local_report: str, source: dict[str, bytes]) -> None:
+    """The local run's report but for Content MD5, which only Azure keeps: each file's MD5."""
+    azure = pl.read_csv(io.BytesIO(azure_report), infer_schema=False)
+    local = pl.read_csv(io.BytesIO(local_report.encode()), infer_schema=False)
+    assert azure.drop("Content MD5").equals(local.drop("Content MD5"))
+    assert local["Content MD5"].null_count() == local.height
+    assert azure.select("Image Path", "Content MD5").rows() == [
+        (p, hashlib.md5(source[p]).hexdigest()) for p in azure["Image Path"]
+    ]
+
+
 def _check_same_as_local(store: AzureBlobStore, local_run, tree: Path) -> None:
     local_report, local_files = local_run
     outputs = _outputs(store)
-    assert outputs[REPORT_NAME].decode() == local_report
-    assert set(outputs) == set(local_files)
     source = _files(tree)
+    _check_report(outputs[REPORT_NAME], local_report, source)
+    assert set(outputs) == set(local_files)
     assert any(n.startswith("gallery/") for n in outputs)  # the review gallery, written through the store
     for name, data in outputs.items():
         if name.startswith("gallery/"):
@@ -251,7 +265,7 @@ def test_faulty_network_same_results_no_loss_no_double_copy(env, azurite, servic
     assert _source_etags(service) == uploaded
 
 
-def test_cli_az_url(env, azurite, service, uploaded, local_run, tmp_path, capsys, monkeypatch):
+def test_cli_az_url(env, azurite, service, uploaded, local_run, tree, tmp_path, capsys, monkeypatch):
     state = tmp_path / "state"
     args = ["run", f"az://{SOURCE}/{COLLECTION}", "--output", "az://cli-out/results/2024"]
     assert main(args + ["--state", str(state), "--workers", "1"]) == 0
@@ -259,7 +273,7 @@ def test_cli_az_url(env, azurite, service, uploaded, local_run, tmp_path, capsys
     assert "report:     az://cli-out/results/2024/photos_deduplicated/image_report.csv" in printed
     assert (state / "dedup_assets.duckdb").exists()
     report = service.get_blob_client("cli-out", "results/2024/photos_deduplicated/image_report.csv")
-    assert report.download_blob().readall().decode() == local_run[0]
+    _check_report(report.download_blob().readall(), local_run[0], _files(tree))
     assert AZURITE_KEY not in printed
     assert _source_etags(service) == uploaded
     with pytest.raises(SystemExit, match="inside the source"):
@@ -339,10 +353,9 @@ def test_throttling_honours_retry_after(azurite, uploaded):
 
 def test_copy_whose_answer_is_lost_is_not_made_twice(azurite, service, uploaded):
     """The copy request reaches Azurite, its answer is lost, the SDK retries: one copy only."""
-    import hashlib
 
     data = service.get_blob_client(SOURCE, f"{COLLECTION}/originals/coins.jpg").download_blob().readall()
-    md5 = hashlib.md5(data).hexdigest()
+    md5, key = hashlib.md5(data).hexdigest(), content_hash(data)
     with FaultProxy(azurite.port) as proxy:
         store = AzureBlobStore(
             azurite.auth(proxy.port), SOURCE, output_container="results",
@@ -357,19 +370,18 @@ def test_copy_whose_answer_is_lost_is_not_made_twice(azurite, service, uploaded)
                 )
             proxy.reset_counts()
             proxy.script = [None, None, fault]
-            assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "copied"
+            assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", key, md5) == "copied"
             statuses = [status for d, status in proxy.copies if d == dest]
             assert statuses[0] == 202 and len(statuses) == 2 and statuses[1] in (409, 412), statuses
             assert proxy.effective_copies() == {dest: 1}
         assert store.read_output(COLLECTION, "best/coins.jpg") == data
         proxy.reset_counts()
-        assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "skipped"
+        assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", key, md5) == "skipped"
         assert not proxy.copies
 
 
 def test_sas_credential_reads_and_copies(azurite, service, uploaded):
     """A SAS token (as dagster-azure's SAS credential gives it) lists, reads and copies."""
-    import hashlib
     from datetime import datetime, timedelta, timezone
 
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
@@ -390,5 +402,40 @@ def test_sas_credential_reads_and_copies(azurite, service, uploaded):
     assert "raw/IMG_0002" in [b.path for b in store.iter_blobs(COLLECTION)]
     data = store.read_bytes(COLLECTION, "originals/coins.jpg")
     md5 = hashlib.md5(data).hexdigest()
-    assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", md5) == "copied"
+    assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/coins.jpg", content_hash(data), md5) == "copied"
     assert store.read_output(COLLECTION, "best/coins.jpg") == data
+
+
+def test_copies_are_verified_by_md5_or_by_their_content_hash(azurite, service, uploaded):
+    """A source with Content-MD5 (as Azure sets on uploads) is verified by it; one without is
+    verified by downloading the copy and hashing it, which then records MD5 and content hash
+    on the copy so the next run skips it; a changed source or a wrong hash is an error."""
+
+    from azure.storage.blob import ContentSettings
+
+    from dedup_assets.core.azure_store import HASH_METADATA, _md5_hex
+
+    store = AzureBlobStore(azurite.auth(), SOURCE, output_container="results", output_prefix="verify")
+    data = store.read_bytes(COLLECTION, "originals/coins.jpg")
+    key, md5 = content_hash(data), hashlib.md5(data).hexdigest()
+    # the inventory's MD5 differs from the source's now: changed since inventoried
+    with pytest.raises(StoreError, match="changed since it was inventoried"):
+        store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/a.jpg", key, "0" * 32)
+    assert "best/a.jpg" not in store.list_outputs(COLLECTION, "best")
+    assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/a.jpg", key, md5) == "copied"
+    assert store.copy_to_output(COLLECTION, "originals/coins.jpg", "best/a.jpg", key, md5) == "skipped"
+
+    # a source blob without Content-MD5 (block uploads have none)
+    name = f"{COLLECTION}/nomd5/coins.jpg"
+    blob = service.get_blob_client(SOURCE, name)
+    blob.upload_blob(data, overwrite=True)
+    blob.set_http_headers(content_settings=ContentSettings(content_type="image/jpeg"))
+    assert _md5_hex(blob.get_blob_properties()) is None
+    with pytest.raises(StoreError, match="does not match its content hash"):
+        store.copy_to_output(COLLECTION, "nomd5/coins.jpg", "best/b.jpg", "f" * 32, None)
+    assert store.copy_to_output(COLLECTION, "nomd5/coins.jpg", "best/b.jpg", key, None) == "copied"
+    copy = service.get_blob_client("results", store._output_name(COLLECTION, "best/b.jpg")).get_blob_properties()
+    assert _md5_hex(copy) == md5 and copy.metadata[HASH_METADATA] == key
+    assert store.copy_to_output(COLLECTION, "nomd5/coins.jpg", "best/b.jpg", key, None) == "skipped"
+    assert store.read_output(COLLECTION, "best/b.jpg") == data
+    blob.delete_blob()

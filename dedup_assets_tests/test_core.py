@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -18,6 +17,7 @@ from dedup_assets.core.candidates import (
     hashes_to_codes,
 )
 from dedup_assets.core.color import ColorSignature
+from dedup_assets.core.content import content_hash
 from dedup_assets.core.grouping import components, mean_correlation_in_groups, select_keepers
 from dedup_assets.core.hashing import hamming
 from dedup_assets.core.parallel import ordered_map
@@ -67,9 +67,9 @@ def test_local_store_lists_reads_and_copies(tmp_path):
     store = LocalFolderStore(str(root), str(tmp_path / "out"))
     assert store.list_collections() == ["c1"]
     assert [b.path for b in store.iter_blobs("c1")] == ["a.jpg", "noext", "sub/a.jpg"]
-    md5 = hashlib.md5(jpeg.getvalue()).hexdigest()
-    assert store.copy_to_output("c1", "sub/a.jpg", "best/sub/a.jpg", md5) == "copied"
-    assert store.copy_to_output("c1", "sub/a.jpg", "best/sub/a.jpg", md5) == "skipped"
+    key = content_hash(jpeg.getvalue())
+    assert store.copy_to_output("c1", "sub/a.jpg", "best/sub/a.jpg", key) == "copied"
+    assert store.copy_to_output("c1", "sub/a.jpg", "best/sub/a.jpg", key) == "skipped"
     assert store.list_outputs("c1", "best") == ["best/sub/a.jpg"]
     assert (tmp_path / "out" / "c1_deduplicated" / "best" / "sub" / "a.jpg").exists()
     with pytest.raises(StoreError):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dedup_assets.core.content import content_hash
 from dedup_assets.core.embedding_cache import ROTATION_VIEW, EmbeddingCache
 from dedup_assets.core.embeddings import ClipEmbedder, load_embedder
 from dedup_assets.core.sample import PHOTOS, load_photo
@@ -61,7 +61,7 @@ def _collection(root):
 
 
 def _keys(store, collection, paths):
-    return [hashlib.md5(store.read_bytes(collection, p)).hexdigest() for p in paths]
+    return [content_hash(store.read_bytes(collection, p)) for p in paths]
 
 
 def _run(store, collection, paths, emb, cache):

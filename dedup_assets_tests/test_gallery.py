@@ -189,13 +189,13 @@ def test_overrides_table_is_created_and_latest_row_wins(tmp_path):
 
 
 def _synthetic(n_groups: int, size: int = 3):
-    paths, group, status, md5 = [], [], [], []
+    paths, group, status, keys = [], [], [], []
     for g in range(n_groups):
         for j in range(size):
             paths.append(f"g{g:03d}/<img {j}>.jpg")
             group.append(f"g{g:03d}")
             status.append("Best" if j == 0 else "Duplicate")
-            md5.append(f"{g:030d}{j:02d}")
+            keys.append(f"{g:030d}{j:02d}")
     best = pl.DataFrame(
         {
             "path": paths + ["bad.jpg"],
@@ -208,7 +208,7 @@ def _synthetic(n_groups: int, size: int = 3):
             "error_message": [None] * len(paths) + ["cut short"],
         }
     )
-    images = pl.DataFrame({"path": paths, "content_md5": md5})
+    images = pl.DataFrame({"path": paths, "content_hash": keys})
     pairs = pl.DataFrame(
         {
             "path_a": paths[0::size],
@@ -247,13 +247,13 @@ def test_thumbnails_are_made_once(tmp_path):
     (src / "b.jpg").write_bytes((src / "a.jpg").read_bytes())  # same content: one thumbnail
     Image.new("RGB", (300, 600), (30, 30, 200)).save(src / "c.png")
     store = LocalFolderStore(str(tmp_path / "src"), str(tmp_path / "out"))
-    import hashlib
+    from dedup_assets.core.content import content_hash
 
-    md5 = {p: hashlib.md5((src / p).read_bytes()).hexdigest() for p in ("a.jpg", "b.jpg", "c.png")}
-    members = pl.DataFrame({"path": list(md5), "content_md5": list(md5.values())})
+    keys = {p: content_hash((src / p).read_bytes()) for p in ("a.jpg", "b.jpg", "c.png")}
+    members = pl.DataFrame({"path": list(keys), "content_hash": list(keys.values())})
     assert gallery.ensure_thumbnails(store, "c", members, workers=1) == (2, 0, {})
     assert gallery.ensure_thumbnails(store, "c", members, workers=1) == (0, 2, {})
-    thumb = tmp_path / "out" / "c_deduplicated" / gallery.thumb_name(md5["c.png"])
+    thumb = tmp_path / "out" / "c_deduplicated" / gallery.thumb_name(keys["c.png"])
     with Image.open(thumb) as im:
         assert im.format == "WEBP" and max(im.size) == 160 and im.size[1] > im.size[0]
 
@@ -332,7 +332,7 @@ def test_gallery_in_headless_chromium(sample_run, tmp_path):
     assert len(preview) < 40_000
     assert meta["gallery"].value == str(folder / "index.html")
     assert meta["pages"].value == 1 and meta["thumbnails_made"].value == len(
-        {rows[p]["Content MD5"] for g in truth["groups"] for p in g}
+        {rows[p]["Content Hash"] for g in truth["groups"] for p in g}
     )
     con = duckdb.connect(str(db), read_only=True)
     try:

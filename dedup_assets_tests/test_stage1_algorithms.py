@@ -344,7 +344,7 @@ def test_bad_files_report_reason(name):
     assert row["error_reason"] == reason
     assert row["error_message"]
     assert row["file_size"] == len(data)
-    assert row["content_md5"] is not None and len(row["content_md5"]) == 32
+    assert row["content_hash"] is not None and len(row["content_hash"]) == 32
     for k in ("whash", "hash_variants", "quality_score", "color_hist", "color_thumb", *QUALITY_COMPONENTS):
         assert row[k] is None
 
@@ -686,9 +686,9 @@ def test_analyse_row_ok(originals):
     row = analyse_bytes(data)
     assert tuple(row) == ROW_KEYS
     assert row["status"] == "ok" and row["error_reason"] is None and row["error_message"] is None
-    import hashlib
+    import xxhash
 
-    assert row["content_md5"] == hashlib.md5(data).hexdigest()
+    assert row["content_hash"] == xxhash.xxh3_128(data).hexdigest()
     assert row["file_size"] == len(data)
     assert (row["format"], row["mode"], row["width"], row["height"]) == ("JPEG", "RGB", 1100, 733)
     assert row["has_alpha"] is False

@@ -198,7 +198,7 @@ def test_odd_files_decoded_right(rows):
     assert rows["png_gray16.png"]["is_gray"] and rows["pbm.pbm"]["is_gray"]
     # wrong extensions change nothing
     assert rows["png_named.jpg"]["whash"] == rows["png.png"]["whash"]
-    assert rows["jpeg_named.png"]["content_md5"] == rows["jpeg.jpg"]["content_md5"]
+    assert rows["jpeg_named.png"]["content_hash"] == rows["jpeg.jpg"]["content_hash"]
 
 
 @pytest.mark.parametrize("name", ["bomb.png", "bomb.gif", "bomb.jpg", "bomb.bmp"])

@@ -26,6 +26,7 @@ import polars as pl
 from PIL import Image
 
 from ..core import gallery, overrides
+from ..core.content import content_hash
 from ..core.store import LocalFolderStore
 
 COLLECTION = "bench"
@@ -87,7 +88,7 @@ def synthetic_tables(n_groups: int, distinct: int, seed: int = 0):
     images = pl.DataFrame(
         {
             "path": paths,
-            "content_md5": [f"{p:032x}" for p in pool.tolist()],  # replaced by the real MD5 below
+            "content_hash": [f"{p:032x}" for p in pool.tolist()],  # replaced by the real hash below
             "width": rng.integers(640, 4000, size=n),
             "height": rng.integers(480, 3000, size=n),
             "format": ["JPEG"] * n,
@@ -133,13 +134,11 @@ def synthetic_tables(n_groups: int, distinct: int, seed: int = 0):
 
 
 def make_source(root: Path, paths: list[str], pool: np.ndarray, distinct: int, seed: int = 0) -> list[str]:
-    """Real JPEG files: ``distinct`` pictures, hard-linked under every path; returns their MD5s."""
-    import hashlib
-
+    """Real JPEG files: ``distinct`` pictures, hard-linked under every path; returns their content hashes."""
     rng = np.random.default_rng(seed)
     base = root / ".pool"
     base.mkdir(parents=True, exist_ok=True)
-    md5 = []
+    keys = []
     yy, xx = np.mgrid[0:600, 0:800]
     for i in range(distinct):
         f = rng.uniform(0.005, 0.05, size=4)
@@ -150,7 +149,7 @@ def make_source(root: Path, paths: list[str], pool: np.ndarray, distinct: int, s
         )
         path = base / f"p{i:05d}.jpg"
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=88)
-        md5.append(hashlib.md5(path.read_bytes()).hexdigest())
+        keys.append(content_hash(path.read_bytes()))
     made_dirs: set[Path] = set()
     for p, k in zip(paths, pool.tolist()):
         target = root / p
@@ -158,7 +157,7 @@ def make_source(root: Path, paths: list[str], pool: np.ndarray, distinct: int, s
             target.parent.mkdir(parents=True, exist_ok=True)
             made_dirs.add(target.parent)
         os.link(base / f"p{k:05d}.jpg", target)
-    return md5
+    return keys
 
 
 def first_page_reads(folder: Path) -> dict:
@@ -218,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         best, images, pairs, ov, pool = synthetic_tables(args.groups, args.distinct_images)
-        md5 = make_source(work / "src" / COLLECTION, images["path"].to_list(), pool, args.distinct_images)
-        images = images.with_columns(content_md5=pl.Series([md5[k] for k in pool.tolist()]))
+        keys = make_source(work / "src" / COLLECTION, images["path"].to_list(), pool, args.distinct_images)
+        images = images.with_columns(content_hash=pl.Series([keys[k] for k in pool.tolist()]))
         setup = time.perf_counter() - t0
         store = LocalFolderStore(str(work / "src"), str(work / "out"))
         options = gallery.GalleryOptions(

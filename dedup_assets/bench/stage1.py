@@ -5,7 +5,7 @@ same files and the same number of worker processes (``--workers``, default 2; st
 decode subjects share one warm pool, the peer gets a fresh pool of the same size):
 
 - ``stage1``: the real path, ``core.stage1.analyse_collection`` (``LocalFolderStore.read_bytes``
-  + ``analyse_bytes``: md5, decode, hash + 8 variants, quality, colour signature);
+  + ``analyse_bytes``: content hash, decode, hash + 8 variants, quality, colour signature);
 - ``decode``: the limit: the same file read through the store, its header parsed and its pixels
   decoded exactly as stage 1 decodes them (``decode.decode_jpeg_pixels``: libjpeg-turbo at the
   same DCT scale, into a numpy array);

@@ -13,12 +13,11 @@ successful decode are reported as ``"decode_failed"`` with an
 
 from __future__ import annotations
 
-import hashlib
-
 import cv2
 import numpy as np
 
 from .color import color_signature
+from .content import content_hash
 from .decode import ImageDecodeError, decode_image
 from .hashing import hash_variants, to_signed64
 from .quality import QUALITY_COMPONENTS, quality_components, quality_score, working_gray
@@ -32,7 +31,7 @@ ROW_KEYS = (
     "status",
     "error_reason",
     "error_message",
-    "content_md5",
+    "content_hash",
     "file_size",
     "format",
     "mode",
@@ -75,7 +74,7 @@ def analyse_bytes(
     except Exception as exc:  # noqa: BLE001 - never raise
         row.update(status="error", error_reason="decode_failed", error_message=f"bad input: {exc}")
         return row
-    row["content_md5"] = hashlib.md5(data).hexdigest()
+    row["content_hash"] = content_hash(data)
     row["file_size"] = len(data)
 
     try:
@@ -152,7 +151,7 @@ def _self_timing() -> None:  # pragma: no cover - manual benchmark
           f"analyse_bytes {t_all:.1f} ms (+{t_all - t_dec:.1f} ms) [medians]")
     img = decode_image(jpeg)
     gray = cv2.cvtColor(img.rgb, cv2.COLOR_RGB2GRAY)
-    print(f"  md5 {bench(lambda: hashlib.md5(jpeg).digest()):.2f} ms, "
+    print(f"  content hash {bench(lambda: content_hash(jpeg)):.2f} ms, "
           f"hash_variants {bench(lambda: hash_variants(gray)):.2f} ms, "
           f"quality {bench(lambda: quality_components(img.rgb, img.width, img.height, img.jpeg_quality)):.2f} ms, "
           f"color {bench(lambda: color_signature(img.rgb)):.2f} ms")

@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .azure_retry import ThrottleAwareRetry
+from .content import content_hash as content_hash_of
 from .store import (
     DEDUP_SUFFIX,
     IMAGE_EXTENSIONS,
@@ -46,6 +47,8 @@ from .store import (
 MiB = 1 << 20
 
 #: Azurite's development account (public, documented by Microsoft).
+#: blob metadata on a verified copy: the content hash of its bytes (lets a re-run skip it)
+HASH_METADATA = "dedup_content_xxh3"
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -476,11 +479,18 @@ class AzureBlobStore(ImageStore):
 
     # -- copies ---------------------------------------------------------------------------
 
-    def copy_to_output(self, collection: str, path: str, dest: str, content_md5: str) -> str:
+    def copy_to_output(
+        self, collection: str, path: str, dest: str, content_hash: str, content_md5: str | None = None
+    ) -> str:
         """Server-side copy (``start_copy_from_url``), verified; ``skipped`` when identical.
 
         The copy is conditional (destination absent, or unchanged since looked at; source
         unchanged), so a retried request whose first answer was lost never copies twice.
+        Verification: when the source has a Content-MD5 (Azure sets one on single-shot
+        uploads) and the inventory recorded it (``content_md5``), the source's must still be it
+        and the copy's must equal it; otherwise the copy is downloaded and its content hash
+        compared with ``content_hash``, then its MD5 and content hash are recorded on it (so a
+        later run can skip it without downloading).
         """
         from azure.core import MatchConditions
         from azure.core.exceptions import (
@@ -496,13 +506,16 @@ class AzureBlobStore(ImageStore):
             try:
                 sp = src.get_blob_properties()
                 src_md5 = _md5_hex(sp)
-                if src_md5 and src_md5 != content_md5:
-                    raise StoreError(f"{path!r} changed since it was analysed (Content-MD5 differs)")
+                if src_md5 and content_md5 and src_md5 != content_md5:
+                    raise StoreError(f"{path!r} changed since it was inventoried (Content-MD5 differs)")
+                by_md5 = bool(src_md5 and content_md5)
                 try:
                     dp = dst.get_blob_properties()
                 except ResourceNotFoundError:
                     dp = None
-                if dp is not None and dp.size == sp.size and _md5_hex(dp) == content_md5:
+                if dp is not None and dp.size == sp.size and (
+                    _md5_hex(dp) == src_md5 if by_md5 else (dp.metadata or {}).get(HASH_METADATA) == content_hash
+                ):
                     return "skipped"
                 cond = (
                     {"match_condition": MatchConditions.IfMissing}
@@ -518,14 +531,16 @@ class AzureBlobStore(ImageStore):
                     )
                 except (ResourceExistsError, ResourceModifiedError):
                     pass  # an earlier attempt of this request may have won: verified below
-                self._wait_and_verify(dst, sp.size, content_md5, path)
+                self._wait_and_verify(dst, sp.size, src_md5 if by_md5 else None, content_hash, path)
             except ResourceNotFoundError as exc:
                 raise self._error(f"cannot copy {path!r}", exc) from None
             except AzureError as exc:
                 raise self._error(f"cannot copy {path!r} to {dest!r}", exc) from None
         return "copied"
 
-    def _wait_and_verify(self, dst, size: int, content_md5: str, path: str) -> None:
+    def _wait_and_verify(self, dst, size: int, md5: str | None, content_hash: str, path: str) -> None:
+        """Wait for a pending copy, then check its status, size and content: by its Content-MD5
+        (``md5``), else by downloading it (see :meth:`copy_to_output`)."""
         from azure.storage.blob import ContentSettings
 
         deadline = time.monotonic() + self.limits.copy_timeout
@@ -543,23 +558,25 @@ class AzureBlobStore(ImageStore):
             raise StoreError(f"copy of {path!r} {props.copy.status}: {props.copy.status_description}")
         if props.size != size:
             raise StoreError(f"copy of {path!r} has {props.size} bytes, the source {size}")
-        md5 = _md5_hex(props)
-        if md5 is None:  # the source had no Content-MD5: hash the copy, then record it
-            md5 = hashlib.md5(dst.download_blob().readall()).hexdigest()
-            if md5 == content_md5:
-                cs = props.content_settings or ContentSettings()
-                cs.content_md5 = bytearray.fromhex(md5)
-                dst.set_http_headers(content_settings=cs)
-        if md5 != content_md5:
+        if md5 is not None:
+            if _md5_hex(props) != md5:
+                raise StoreError(f"copy of {path!r} does not match the source's Content-MD5")
+            return
+        data = dst.download_blob().readall()
+        if content_hash_of(data) != content_hash:
             raise StoreError(f"copy of {path!r} does not match its content hash (source changed?)")
+        cs = props.content_settings or ContentSettings()
+        cs.content_md5 = bytearray(hashlib.md5(data).digest())
+        dst.set_http_headers(content_settings=cs)
+        dst.set_blob_metadata({**(props.metadata or {}), HASH_METADATA: content_hash})
 
-    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str]]) -> Iterator[str]:
+    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str, str | None]]) -> Iterator[str]:
         """Copies on ``limits.max_concurrency`` threads, results in the order given."""
         pending: deque[Future[str]] = deque()
         limit = 2 * self.limits.max_concurrency
         with ThreadPoolExecutor(self.limits.max_concurrency, thread_name_prefix="az-copy") as pool:
-            for path, dest, md5 in items:
-                pending.append(pool.submit(self.copy_to_output, collection, path, dest, md5))
+            for path, dest, chash, md5 in items:
+                pending.append(pool.submit(self.copy_to_output, collection, path, dest, chash, md5))
                 if len(pending) >= limit:
                     yield pending.popleft().result()
             while pending:

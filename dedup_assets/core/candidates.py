@@ -38,16 +38,17 @@ def hashes_to_codes(hashes: np.ndarray) -> np.ndarray:
     return u.astype(">u8").view(np.uint8).reshape(*u.shape, 8)
 
 
-def exact_pairs(content_md5: Sequence[str]) -> tuple[list[Pair], np.ndarray]:
-    """Byte-identical files: star edges from the first index of each content hash.
+def exact_pairs(content_hashes: Sequence[str]) -> tuple[list[Pair], np.ndarray]:
+    """Byte-identical files: star edges from the first index of each content hash
+    (``content.content_hash``).
 
     Returns the pairs and, per image, the index of its representative (itself when unique).
     """
     first: dict[str, int] = {}
-    rep = np.arange(len(content_md5))
+    rep = np.arange(len(content_hashes))
     pairs: list[Pair] = []
-    for i, md5 in enumerate(content_md5):
-        j = first.setdefault(md5, i)
+    for i, key in enumerate(content_hashes):
+        j = first.setdefault(key, i)
         if j != i:
             rep[i] = j
             pairs.append(Pair(j, i, "exact", 0, 0))

@@ -4,7 +4,7 @@ The global stage embeds every readable image of a collection; on a re-run most i
 not changed. Their vectors are stored per (model key, collection) as Parquet files, one per
 shard of the collection (``shard-<k>.parquet``), rows ``(key, view, vector)``:
 
-- ``key``: the image's content key (content MD5 from stage 1, else the store's etag), so a
+- ``key``: the image's content key (its content hash from stage 1, ``content.content_hash``), so a
   changed file gets a new key and is embedded again, and a moved file keeps its vectors;
 - ``view``: the dihedral transform (0 identity, 1 mirror, ...) the vector embeds, or
   :data:`ROTATION_VIEW` for the rotation-invariant descriptor;

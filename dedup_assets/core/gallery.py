@@ -8,7 +8,7 @@ Layout under ``<collection>_deduplicated/gallery/`` (all through :class:`ImageSt
   first; each page holds at most ``groups_per_page`` groups and ``images_per_page`` thumbnails,
   so a page stays small whatever the collection;
 - ``errors/errors-0001.html`` …: unreadable images with their reasons;
-- ``thumbs/<md5[:2]>/<md5>.webp``: one small thumbnail per distinct image content, made once
+- ``thumbs/<hash[:2]>/<hash>.webp`` (the content hash): one small thumbnail per distinct image content, made once
   and kept (a re-render makes only the missing ones).
 
 Pages are plain HTML with inline CSS and a few lines of inline JS (keyboard paging, SQL
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import html
 import io
 import math
@@ -36,6 +35,7 @@ from urllib.parse import quote
 import polars as pl
 from PIL import Image
 
+from .content import content_hash
 from .decode import decode_image
 from .hashing import DIHEDRAL_NAMES
 from .parallel import ordered_map
@@ -49,7 +49,7 @@ ERRORS = f"{FOLDER}/errors"
 THUMBS = f"{FOLDER}/thumbs"
 
 #: image columns the gallery reads from ``wavelet_hashes``
-IMAGE_COLUMNS = ("path", "content_md5", "width", "height", "format", "file_size", *QUALITY_COMPONENTS)
+IMAGE_COLUMNS = ("path", "content_hash", "width", "height", "format", "file_size", *QUALITY_COMPONENTS)
 #: pair columns the gallery reads from ``local_groups`` (those missing are shown empty)
 PAIR_COLUMNS = (
     "path_a", "path_b", "source", "hamming", "transform",
@@ -99,8 +99,8 @@ class GalleryResult:
 # --------------------------------------------------------------------------- data
 
 
-def thumb_name(md5: str) -> str:
-    return f"{THUMBS}/{md5[:2]}/{md5}.webp"
+def thumb_name(key: str) -> str:
+    return f"{THUMBS}/{key[:2]}/{key}.webp"
 
 
 def pair_margins(pairs: pl.DataFrame, t: Thresholds) -> pl.DataFrame:
@@ -347,14 +347,14 @@ def make_thumbnail(data: bytes, side: int = 160, fmt: str = "WEBP", quality: int
 
 
 def _thumbnail_job(store: ImageStore, collection: str, side: int, item: tuple[str, str]):
-    path, md5 = item
+    path, key = item
     try:
         data = store.read_bytes(collection, path)
-        if hashlib.md5(data).hexdigest() != md5:
-            return md5, None, "the file changed since it was analysed"
-        return md5, make_thumbnail(data, side), None
+        if content_hash(data) != key:
+            return key, None, "the file changed since it was analysed"
+        return key, make_thumbnail(data, side), None
     except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not stop the gallery
-        return md5, None, f"{type(exc).__name__}: {exc}"
+        return key, None, f"{type(exc).__name__}: {exc}"
 
 
 def ensure_thumbnails(
@@ -365,23 +365,23 @@ def ensure_thumbnails(
     side: int = 160,
     workers: int = 0,
 ) -> tuple[int, int, dict[str, str]]:
-    """Make the missing thumbnails (one per content MD5); returns made, cached, failed."""
+    """Make the missing thumbnails (one per content hash); returns made, cached, failed."""
     existing = {
         name.rsplit("/", 1)[-1].removesuffix(".webp") for name in store.list_outputs(collection, THUMBS)
     }
     wanted = (
-        members.filter(pl.col("content_md5").is_not_null())
-        .unique("content_md5", keep="first", maintain_order=True)
-        .select("path", "content_md5")
+        members.filter(pl.col("content_hash").is_not_null())
+        .unique("content_hash", keep="first", maintain_order=True)
+        .select("path", "content_hash")
     )
     todo = [(p, m) for p, m in wanted.iter_rows() if m not in existing]
     made, failed = 0, {}
     job = functools.partial(_thumbnail_job, store, collection, side)
-    for md5, data, err in ordered_map(job, todo, workers=workers or None, chunk_size=32):
+    for key, data, err in ordered_map(job, todo, workers=workers or None, chunk_size=32):
         if data is None:
-            failed[md5] = err
+            failed[key] = err
             continue
-        store.write_output(collection, thumb_name(md5), data)
+        store.write_output(collection, thumb_name(key), data)
         made += 1
     return made, wanted.height - len(todo), failed
 
@@ -493,17 +493,17 @@ _SHORT = {"q_resolution": "res", "q_sharpness": "sharp", "q_exposure": "expo", "
 
 
 def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
-    md5 = m.get("content_md5")
+    key = m.get("content_hash")
     keeper = m["status"] == "Best"
     folder = "best" if keeper else "duplicates"
     href = f"../../{folder}/{quote(m['path'])}"
-    if md5 and md5 in thumbs_ok:
+    if key and key in thumbs_ok:
         pic = (
             f"<a class=thumb href='{href}'><img loading=lazy decoding=async alt='' "
-            f"src='../thumbs/{md5[:2]}/{md5}.webp'></a>"
+            f"src='../thumbs/{key[:2]}/{key}.webp'></a>"
         )
     else:
-        why = failed.get(md5 or "", "no thumbnail")
+        why = failed.get(key or "", "no thumbnail")
         pic = f"<div class='thumb nothumb'>no thumbnail: {_e(why)}</div>"
     return (
         f"<figure class={'keeper' if keeper else 'dup'} data-path='{m['path_html']}'>{pic}"
@@ -746,7 +746,7 @@ def write_gallery(
         store, collection, data.members, side=options.thumb_side, workers=options.workers
     )
     log(f"gallery thumbnails: {made} made, {cached} already there, {len(failed)} failed")
-    thumbs_ok = set(data.members["content_md5"].drop_nulls().to_list()) - set(failed)
+    thumbs_ok = set(data.members["content_hash"].drop_nulls().to_list()) - set(failed)
     written: set[str] = set()
     largest, total = ("", 0), 0
 

@@ -53,6 +53,7 @@ def build_report(best_selection: pl.DataFrame, wavelet_hashes: pl.DataFrame) -> 
         "height",
         "format",
         "file_size",
+        "content_hash",
         "content_md5",
         "q_resolution",
         "q_sharpness",
@@ -76,6 +77,7 @@ def build_report(best_selection: pl.DataFrame, wavelet_hashes: pl.DataFrame) -> 
         pl.col("height").alias("Height"),
         pl.col("format").alias("Format"),
         pl.col("file_size").alias("File Size"),
+        pl.col("content_hash").alias("Content Hash"),
         pl.col("content_md5").alias("Content MD5"),
         *[pl.col(c).round(2).alias(c) for c in ("q_resolution", "q_sharpness", "q_exposure", "q_noise", "q_compression")],
     )

@@ -32,7 +32,7 @@ def analyse_path(
             status="error",
             error_reason="read_failed",
             error_message=f"{type(exc).__name__}: {exc}",
-            content_md5=None,
+            content_hash=None,
             file_size=None,
         )
         return {"path": path, **row}

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .content import content_hash_file
+
 #: File extensions taken as images without looking at the content.
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -109,20 +111,25 @@ class ImageStore(ABC):
         """The content of one file of the collection."""
 
     @abstractmethod
-    def copy_to_output(self, collection: str, path: str, dest: str, content_md5: str) -> str:
+    def copy_to_output(
+        self, collection: str, path: str, dest: str, content_hash: str, content_md5: str | None = None
+    ) -> str:
         """Copy a source file to ``dest`` (relative to the collection's output folder).
 
         Returns ``"copied"`` or ``"skipped"`` (an identical file was there already). The copy
-        is verified against ``content_md5``; a mismatch raises :class:`StoreError`.
+        is verified against ``content_hash`` (:func:`.content.content_hash` of the bytes stage 1
+        analysed; a store may verify through ``content_md5``, the MD5 the inventory recorded,
+        where it keeps one); a mismatch raises :class:`StoreError`.
         """
 
-    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str]]) -> Iterator[str]:
-        """:meth:`copy_to_output` for each ``(path, dest, content_md5)``, results in order.
+    def copy_many(self, collection: str, items: Iterable[tuple[str, str, str, str | None]]) -> Iterator[str]:
+        """:meth:`copy_to_output` for each ``(path, dest, content_hash, content_md5)``, results
+        in order.
 
         Stores with a network behind them override this to run copies concurrently.
         """
-        for path, dest, md5 in items:
-            yield self.copy_to_output(collection, path, dest, md5)
+        for path, dest, chash, md5 in items:
+            yield self.copy_to_output(collection, path, dest, chash, md5)
 
     @abstractmethod
     def write_output(self, collection: str, name: str, data: bytes) -> str:
@@ -143,14 +150,6 @@ class ImageStore(ABC):
     @abstractmethod
     def output_location(self, collection: str) -> str:
         """Where the collection's results are written."""
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _safe_relative(rel: str) -> PurePosixPath:
@@ -256,16 +255,18 @@ class LocalFolderStore(ImageStore):
     def _dest(self, collection: str, dest: str) -> Path:
         return self.output_dir(collection).joinpath(*_safe_relative(dest).parts)
 
-    def copy_to_output(self, collection: str, path: str, dest: str, content_md5: str) -> str:
+    def copy_to_output(
+        self, collection: str, path: str, dest: str, content_hash: str, content_md5: str | None = None
+    ) -> str:
         src = self.collection_dir(collection).joinpath(*_safe_relative(path).parts)
         target = self._dest(collection, dest)
         if target.is_file() and target.stat().st_size == src.stat().st_size:
-            if _md5_file(target) == content_md5:
+            if content_hash_file(target) == content_hash:
                 return "skipped"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.partial")
         shutil.copyfile(src, tmp)
-        if _md5_file(tmp) != content_md5:
+        if content_hash_file(tmp) != content_hash:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"copy of {path!r} does not match its content hash (source changed?)")
         os.replace(tmp, target)

@@ -181,7 +181,7 @@ def global_similarities(
 
     Decoding (and the embedder's per-image ``input_transform``) runs in ``workers`` processes
     while this process runs the model on the previous batch. ``cache`` with ``content_keys``
-    (one per path: content MD5 or etag): images whose vectors (every view needed, and the
+    (one per path: the content hash): images whose vectors (every view needed, and the
     rotation descriptor) are stored are neither read nor embedded; new vectors are stored
     (float16) in the file of ``shards[i]``.
     """
