@@ -289,12 +289,13 @@ class CandidateConfig(Config):
 
 
 def _ok_images(wavelet_hashes: pl.DataFrame) -> pl.DataFrame:
-    if "content_hash" not in wavelet_hashes.columns:  # written by a version before content_hash
-        raise Failure(
-            "wavelet_hashes partitions were written by an older version of dedup_assets (no "
-            "content_hash column): materialise wavelet_hashes again for this collection"
+    images = wavelet_hashes.filter(pl.col("status") == "ok").sort("path")
+    if "content_hash" not in images.columns or images["content_hash"].null_count():
+        raise Failure(  # rows written by a version before content_hash (its column is null)
+            "wavelet_hashes partitions of this collection were written by an older version of "
+            "dedup_assets (no content_hash): materialise wavelet_hashes again for them"
         )
-    return wavelet_hashes.filter(pl.col("status") == "ok").sort("path")
+    return images
 
 
 def _signatures(images: pl.DataFrame) -> list[ColorSignature]:

@@ -92,6 +92,8 @@ def test_exact_pairs_are_stars():
     pairs, rep = exact_pairs(["a", "b", "a", "c", "a", "b"])
     assert [(p.a, p.b) for p in pairs] == [(0, 2), (0, 4), (1, 5)]
     assert rep.tolist() == [0, 1, 0, 3, 0, 1]
+    pairs, rep = exact_pairs([None, "a", None, "a"])  # no hash: paired with nothing
+    assert [(p.a, p.b) for p in pairs] == [(1, 3)] and rep.tolist() == [0, 1, 2, 1]
 
 
 def test_hash_codes_roundtrip_hamming():

@@ -280,6 +280,32 @@ def test_failing_check_blocks_copies_and_report(pipeline_run):
     assert run().success
 
 
+def test_rows_of_an_older_version_without_content_hash_fail_clearly(pipeline_run):
+    """An older version's stage-1 rows have no content hash (the column added to the table is
+    null for them): the pairing stage stops with what to do, instead of taking them all for
+    byte-identical files."""
+    from dedup_assets.io_manager import locked_connection
+
+    _ensure_run(pipeline_run)
+    run, out, _, _ = pipeline_run
+    db = str(out / "dedup_assets.duckdb")
+    with locked_connection(db) as (con, _):
+        shard = con.execute("select min(shard) from dedup.wavelet_hashes where status = 'ok'").fetchone()[0]
+        saved = con.execute(
+            "select path, content_hash from dedup.wavelet_hashes where shard = ?", [shard]
+        ).fetchall()
+        con.execute("update dedup.wavelet_hashes set content_hash = null where shard = ?", [shard])
+    bad = run(expect_success=False)
+    failures = [e for e in bad.all_events if e.is_step_failure]
+    assert failures and "materialise wavelet_hashes again" in str(failures[0].step_failure_data.error)
+    assert bad.asset_materializations_for_node("color_groups") == []
+    with locked_connection(db) as (con, _):
+        con.executemany(
+            "update dedup.wavelet_hashes set content_hash = ? where path = ?", [(h, p) for p, h in saved]
+        )
+    assert run().success
+
+
 def test_killed_run_resumes_with_identical_results(sample, pipeline_run, tmp_path):
     """SIGKILL `dedup-assets run` in the middle of stage 1, start it again: the same results as
     an uninterrupted run, no image lost, no row duplicated, no file copied twice."""

@@ -43,11 +43,14 @@ def exact_pairs(content_hashes: Sequence[str]) -> tuple[list[Pair], np.ndarray]:
     (``content.content_hash``).
 
     Returns the pairs and, per image, the index of its representative (itself when unique).
+    A missing hash (``None``) pairs with nothing.
     """
     first: dict[str, int] = {}
     rep = np.arange(len(content_hashes))
     pairs: list[Pair] = []
     for i, key in enumerate(content_hashes):
+        if key is None:
+            continue
         j = first.setdefault(key, i)
         if j != i:
             rep[i] = j
