@@ -41,6 +41,7 @@ from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
+from .core.analyse import ROW_VERSION
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
 from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
@@ -258,6 +259,7 @@ def wavelet_hashes(
         workers=workers,
         errors=errors.height,
         inventory_fingerprint=fingerprint(inventory.select("path", "size", "etag").iter_rows()),
+        stage1_version=ROW_VERSION,
         error_reasons=MetadataValue.json(
             dict(errors.group_by("error_reason").len().iter_rows()) if errors.height else {}
         ),

@@ -1,8 +1,9 @@
 """What is done and what is stale, read from the Dagster instance only (never from DuckDB).
 
-A shard of a collection is *stale* when it was never analysed or when the fingerprint of its
+A shard of a collection is *stale* when it was never analysed, when the fingerprint of its
 inventory (paths, sizes, etags; recorded by ``blob_inventory`` per shard) differs from the one
-``wavelet_hashes`` recorded when it analysed the shard. A collection's later stages are
+``wavelet_hashes`` recorded when it analysed the shard, or when it was analysed by another
+version of the stage-1 row (``analyse.ROW_VERSION``, recorded as ``stage1_version``). A collection's later stages are
 *stale* when some shard was analysed after its last ``image_report``. The CLI uses this to
 resume after a crash; the automation sensor uses it to request exactly the missing runs.
 """
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
 
+from .core.analyse import ROW_VERSION
 from .partitions import SHARD_KEYS, shard_partition_key
 
 INVENTORY = AssetKey("blob_inventory")
@@ -82,7 +84,10 @@ def collection_states(instance: DagsterInstance, collections: list[str]) -> dict
             if record is None or fingerprints.get(s) is None:
                 state.stale_shards.append(s)
                 continue
-            if _meta(record, "inventory_fingerprint") != fingerprints[s]:
+            if (
+                _meta(record, "inventory_fingerprint") != fingerprints[s]
+                or _meta(record, "stage1_version") != ROW_VERSION
+            ):
                 state.stale_shards.append(s)
             state.last_shard_storage_id = max(state.last_shard_storage_id, record.storage_id)
         if c in reports:

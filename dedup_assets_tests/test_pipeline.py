@@ -280,6 +280,19 @@ def test_failing_check_blocks_copies_and_report(pipeline_run):
     assert run().success
 
 
+def test_shards_analysed_by_another_stage1_version_are_analysed_again(pipeline_run, monkeypatch):
+    import dedup_assets.state as state
+    from dedup_assets.partitions import N_SHARDS
+
+    report = _ensure_run(pipeline_run)
+    run = pipeline_run[0]
+    before = report.read_text()
+    assert run().resumed == N_SHARDS  # nothing changed: every shard is current
+    monkeypatch.setattr(state, "ROW_VERSION", state.ROW_VERSION + 1)  # as after an upgrade
+    assert run().resumed == 0  # every shard analysed again
+    assert report.read_text() == before
+
+
 def test_rows_of_an_older_version_without_content_hash_fail_clearly(pipeline_run):
     """An older version's stage-1 rows have no content hash (the column added to the table is
     null for them): the pairing stage stops with what to do, instead of taking them all for

@@ -22,10 +22,14 @@ from .decode import ImageDecodeError, decode_image
 from .hashing import hash_variants, to_signed64
 from .quality import QUALITY_COMPONENTS, quality_components, quality_score, working_gray
 
-__all__ = ["DEFAULT_TARGET_SIDE", "ROW_KEYS", "analyse_bytes", "analysis_gray", "empty_row"]
+__all__ = ["DEFAULT_TARGET_SIDE", "ROW_KEYS", "ROW_VERSION", "analyse_bytes", "analysis_gray", "empty_row"]
 
 #: long side (px) of the reduced decode of stage 1 (>= quality.WORK_SIDE)
 DEFAULT_TARGET_SIDE = 256
+
+#: Version of the row (its keys and what they mean): bump on a change, and every shard
+#: analysed by another version is stale (re-analysed by the next run). 2: XXH3 content_hash.
+ROW_VERSION = 2
 
 ROW_KEYS = (
     "status",
