@@ -36,12 +36,12 @@ from pydantic import Field
 from .checks import check_specs, selection_check_results
 from .core import gallery, report
 from .core.overrides import apply_overrides
+from .core.analyse import ROW_VERSION
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
-from .core.analyse import ROW_VERSION
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
 from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers

@@ -46,9 +46,10 @@ from .store import (
 
 MiB = 1 << 20
 
-#: Azurite's development account (public, documented by Microsoft).
 #: blob metadata on a verified copy: the content hash of its bytes (lets a re-run skip it)
 HASH_METADATA = "dedup_content_xxh3"
+
+#: Azurite's development account (public, documented by Microsoft).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

@@ -8,8 +8,8 @@ Layout under ``<collection>_deduplicated/gallery/`` (all through :class:`ImageSt
   first; each page holds at most ``groups_per_page`` groups and ``images_per_page`` thumbnails,
   so a page stays small whatever the collection;
 - ``errors/errors-0001.html`` …: unreadable images with their reasons;
-- ``thumbs/<hash[:2]>/<hash>.webp`` (the content hash): one small thumbnail per distinct image content, made once
-  and kept (a re-render makes only the missing ones).
+- ``thumbs/<hash[:2]>/<hash>.webp`` (the content hash): one small thumbnail per distinct image
+  content, made once and kept (a re-render makes only the missing ones).
 
 Pages are plain HTML with inline CSS and a few lines of inline JS (keyboard paging, SQL
 snippets for overrides); they load nothing from the network and open from ``file://``. Only
