@@ -3,9 +3,10 @@
 A shard of a collection is *stale* when it was never analysed, when the fingerprint of its
 inventory (paths, sizes, etags; recorded by ``blob_inventory`` per shard) differs from the one
 ``wavelet_hashes`` recorded when it analysed the shard, or when it was analysed by another
-version of the stage-1 row (``analyse.ROW_VERSION``, recorded as ``stage1_version``). A collection's later stages are
-*stale* when some shard was analysed after its last ``image_report``. The CLI uses this to
-resume after a crash; the automation sensor uses it to request exactly the missing runs.
+version of the stage-1 row (``analyse.ROW_VERSION``, recorded as ``stage1_version``). A
+collection's later stages are *stale* when some shard was analysed after its last
+``image_report``. The CLI uses this to resume after a crash; the automation sensor uses it to
+request exactly the missing runs.
 """
 
 from dataclasses import dataclass, field

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .store import collection_slug
@@ -48,13 +49,15 @@ class EmbeddingCache:
 
     def load(self, keys: Iterable[str]) -> dict[str, Entry]:
         """The stored vectors of ``keys`` (float16), by key and view."""
-        wanted = set(keys)
+        wanted = pa.array(sorted(set(keys)), pa.string())
         out: dict[str, Entry] = {}
+        if not len(wanted):
+            return out
         for f in self._files():
             table = pq.read_table(f)
+            table = table.filter(pc.is_in(table["key"], value_set=wanted))  # before any Python list
             for key, view, vec in zip(*(table.column(c).to_pylist() for c in ("key", "view", "vector"))):
-                if key in wanted:
-                    out.setdefault(key, {})[int(view)] = np.frombuffer(vec, dtype="<f2")
+                out.setdefault(key, {})[int(view)] = np.frombuffer(vec, dtype="<f2")
         return out
 
     def save(self, entries: Mapping[str, Entry], shards: Mapping[str, str], keep: Iterable[str]) -> int:

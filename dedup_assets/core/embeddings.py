@@ -26,7 +26,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -424,25 +424,21 @@ class ClipEmbedder(Embedder):
         feats = self.model.encode_image(x).float()
         return torch.nn.functional.normalize(feats, dim=-1).cpu().numpy()
 
-    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        n = len(images)
-        out = np.empty((n, self.info.dim), dtype=np.float32)
+    def _batched(self, items: Sequence, to_tensor: Callable[[Sequence], "Any"]) -> np.ndarray:
+        """Unit embeddings of ``items``, ``batch_size`` at a time through ``to_tensor``."""
+        out = np.empty((len(items), self.info.dim), dtype=np.float32)
         with self._torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                chunk = images[start : start + self.batch_size]
-                out[start : start + len(chunk)] = self._encode(self._prepare(chunk))
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                out[start : start + len(chunk)] = self._encode(to_tensor(chunk))
         return out
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return self._batched(images, self._prepare)
 
     def embed_uint8(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings of ``(n, H, W, 3)`` uint8 inputs already through :attr:`input`."""
-        n = len(batch)
-        out = np.empty((n, self.info.dim), dtype=np.float32)
-        with self._torch.inference_mode():
-            for start in range(0, n, self.batch_size):
-                out[start : start + self.batch_size] = self._encode(
-                    self._normalise(batch[start : start + self.batch_size])
-                )
-        return out
+        return self._batched(batch, self._normalise)
 
 
 # --------------------------------------------------------------------------------------

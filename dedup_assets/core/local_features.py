@@ -181,11 +181,10 @@ _FLAT_STD, _TEXTURED_STD, _MIN_NCC = 4.0, 12.0, 0.3
 def check_gray(gray: np.ndarray, side: int = CHECK_SIDE) -> np.ndarray:
     """The gray image :func:`overlap_disagreement` compares: long side ``side``."""
     h, w = gray.shape[:2]
-    s = side / float(max(h, w))
-    if s == 1.0:
+    nh, nw = feature_frame((h, w), side)
+    if (nh, nw) == (h, w):
         return np.ascontiguousarray(gray)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR)
 
 
 def overlap_disagreement(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
-from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes
+from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes, empty_row
 from .parallel import DEFAULT_READ_AHEAD, map_reading
 from .store import ImageStore
 
@@ -27,14 +27,8 @@ def analyse_path(
     try:
         data = store.read_bytes(collection, path)
     except Exception as exc:  # noqa: BLE001 - every file must get a row
-        row = analyse_bytes(b"", target_side=target_side, max_pixels=max_pixels)
-        row.update(
-            status="error",
-            error_reason="read_failed",
-            error_message=f"{type(exc).__name__}: {exc}",
-            content_hash=None,
-            file_size=None,
-        )
+        row = empty_row()
+        row.update(status="error", error_reason="read_failed", error_message=f"{type(exc).__name__}: {exc}")
         return {"path": path, **row}
     return {"path": path, **analyse_bytes(data, target_side=target_side, max_pixels=max_pixels)}
 
