@@ -165,11 +165,12 @@ class HashingConfig(Config):
     max_pixels: int = Field(
         default=150_000_000, description="Images declaring more pixels are refused (bombs)."
     )
-    read_ahead: int = Field(
-        default=DEFAULT_READ_AHEAD,
+    read_ahead: int | None = Field(
+        default=None,
         description=(
             "Reads in flight per worker while it decodes (hides store latency: raise it for "
-            "a remote store with high latency; 1 reads then decodes)."
+            "a remote store with high latency; 1 reads then decodes). Default: the store's "
+            f"({DEFAULT_READ_AHEAD} for Azure, 1 for a local folder; raise it for a network mount)."
         ),
     )
 

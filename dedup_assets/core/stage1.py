@@ -5,7 +5,8 @@ files ahead of its analysis (:func:`dedup_assets.core.parallel.map_reading`;
 :func:`dedup_assets.core.analyse.analyse_bytes` per file), so a slow store (Azure: tens of
 milliseconds per GET) overlaps with decoding instead of idling the core. Every path gets
 exactly one row, in the order given, whether or not it could be read. Memory per worker is
-bounded by ``read_ahead`` files.
+bounded by ``read_ahead`` files (by default the store's: 4 for Azure, 1 for a local folder,
+where reader threads only cost time).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def analyse_collection(
     workers: int | None = None,
     target_side: int = DEFAULT_TARGET_SIDE,
     max_pixels: int = 150_000_000,
-    read_ahead: int = DEFAULT_READ_AHEAD,
+    read_ahead: int | None = None,
     pool: Executor | None = None,
 ) -> Iterator[dict]:
     """One row per path, in order, computed on ``workers`` processes with bounded memory
     (``pool``: an already running ``parallel.worker_pool`` to use; ``read_ahead``: reads in
-    flight per worker, see the module docstring)."""
+    flight per worker, default the store's ``read_ahead``, see the module docstring)."""
     return map_reading(
         analyse_path, (target_side, max_pixels), store, collection, paths,
         workers=workers, read_ahead=read_ahead, pool=pool,
