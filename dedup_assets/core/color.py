@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from .hashing import apply_dihedral
+from .kernels import color_stats, reduce_rgb
 
 __all__ = [
     "HIST_BINS",
@@ -96,13 +97,15 @@ def _hex(rgb: np.ndarray) -> str:
 
 
 def _small(rgb: np.ndarray, side: int = SMALL_SIDE) -> np.ndarray:
-    """Area-reduce by the integer factor ``long side // side`` (fast OpenCV path: the
-    image is first centre-cropped to a multiple of the factor): long side in
-    ``[side, 2 * side)`` (or the image itself when smaller)."""
+    """Area-reduce by the integer factor ``long side // side`` (the image centre-cropped to
+    a multiple of the factor): long side in ``[side, 2 * side)`` (or the image itself when
+    smaller)."""
     h, w = rgb.shape[:2]
     k = max(h, w) // side
     if k < 2:
         return rgb
+    if k <= 16:  # stage 1 (a 256-511 px decode): compiled
+        return reduce_rgb(rgb, k)
     hh, ww = h - h % k, w - w % k
     y, x = (h - hh) // 2, (w - ww) // 2
     crop = np.ascontiguousarray(rgb[y : y + hh, x : x + ww])
@@ -121,25 +124,15 @@ def color_signature(rgb: np.ndarray) -> ColorSignature:
     if rgb.dtype != np.uint8:
         rgb = np.clip(rgb, 0, 255).astype(np.uint8)
     small = _small(rgb)
-    counts = cv2.calcHist([small], [0, 1, 2], None, list(HIST_BINS), [0, 256, 0, 256, 0, 256]).ravel()
-    hist = (counts / max(float(counts.sum()), 1.0)).astype(np.float32)
+    # one compiled pass: joint histogram (bin r*16 + g*4 + b of v // 64), colour sums per bin,
+    # channel spread max(R,G,B) - min(R,G,B)
+    counts, sums, spread_sum, spread_high = color_stats(small, _GRAY_SPREAD_LEVEL)
+    n = int(counts.sum())
+    hist = (counts / max(float(n), 1.0)).astype(np.float32)
     thumb = cv2.resize(small, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-
-    r, g, b = cv2.split(small)
-    spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
-    n = spread.size
-    is_gray = bool(
-        cv2.mean(spread)[0] < _GRAY_MEAN_SPREAD
-        and cv2.countNonZero(cv2.compare(spread, _GRAY_SPREAD_LEVEL, cv2.CMP_GT)) < _GRAY_MAX_FRACTION * n
-    )
-
-    dominant = []
+    is_gray = bool(spread_sum / max(n, 1) < _GRAY_MEAN_SPREAD and spread_high < _GRAY_MAX_FRACTION * n)
     top = [int(i) for i in np.argsort(-counts, kind="stable")[:3]]
-    top = [i for i in top if counts[i] > 0 and counts[i] >= _DOMINANT_MIN_FRACTION * n]
-    if top:
-        idx = ((r >> 6) << 4) | ((g >> 6) << 2) | (b >> 6)  # the histogram bin of each pixel
-        for i in top:
-            dominant.append(_hex(cv2.mean(small, mask=cv2.compare(idx, i, cv2.CMP_EQ))[:3]))
+    dominant = [_hex(sums[i] / counts[i]) for i in top if counts[i] > 0 and counts[i] >= _DOMINANT_MIN_FRACTION * n]
     return ColorSignature(hist=hist, thumb=thumb, dominant=dominant, is_gray=is_gray)
 
 

@@ -73,6 +73,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .kernels import jpeg_markers
+
 __all__ = [
     "DecodedImage",
     "ImageDecodeError",
@@ -353,12 +355,7 @@ def _validate_jpeg_structure(data: bytes) -> None:
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
         raise ImageDecodeError("truncated", "JPEG data does not start with SOI")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    ff = np.flatnonzero(buf[:-1] == 0xFF)
-    nxt = buf[ff + 1]
-    real = (nxt != 0x00) & (nxt != 0xFF)
-    mpos = ff[real]  # positions of every marker-looking "FF xx"
-    mcode = nxt[real]
+    mpos, mcode = jpeg_markers(data)  # positions of every marker-looking "FF xx"
     is_rst = (mcode >= 0xD0) & (mcode <= 0xD7)
     nonrst_pos = mpos[~is_rst]
 

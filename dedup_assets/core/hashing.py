@@ -53,6 +53,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .kernels import dihedral_hashes, hash_grid64
+
 __all__ = [
     "DIHEDRAL_NAMES",
     "HASH_BITS",
@@ -154,55 +156,31 @@ def _grid64(gray: np.ndarray) -> np.ndarray:
     return (wr @ gf) @ wc.T
 
 
-def _grid64_u8(gray: np.ndarray) -> np.ndarray:
-    """``_grid64`` for ``uint8`` input: the first (larger) product in float32, still exact
-    (its integer sums stay below ``255 * 65536 < 2**24``), the second in float64."""
-    h, w = gray.shape
-    if max(h, w) > 65536:
-        return _grid64(gray)
-    g = gray.astype(np.float32)
-    wr = _area_weights_f32(h)
-    wc = _area_weights_f32(w)
-    if h >= w:
-        return _area_weights(h) @ (g @ wc.T).astype(np.float64)
-    return (wr @ g).astype(np.float64) @ _area_weights(w).T
+@lru_cache(maxsize=1)
+def _dihedral_table() -> np.ndarray:
+    """``table[k, i]``: the 8 x 8 cell that bit ``i`` of variant ``k`` reads."""
+    cells = np.arange(64).reshape(8, 8)
+    table = np.stack([np.ascontiguousarray(apply_dihedral(cells, k)).ravel() for k in range(8)])
+    table.setflags(write=False)
+    return table
 
 
-@lru_cache(maxsize=256)
-def _area_weights_f32(n: int) -> np.ndarray:
-    w = _area_weights(n).astype(np.float32)
-    w.setflags(write=False)
-    return w
-
-
-def _block_sums(grid: np.ndarray) -> np.ndarray:
-    """8x8 haar level-3 approximation times 8: the exact integer 8x8-block sums."""
-    return grid.reshape(8, 8, 8, 8).sum(axis=(1, 3))
-
-
-def _pack(bits: np.ndarray) -> int:
-    flat = np.ascontiguousarray(bits, dtype=bool).ravel()
-    return int.from_bytes(np.packbits(flat).tobytes(), "big")
-
-
-def _bits(gray: np.ndarray) -> np.ndarray:
+def _integer_grid(gray: np.ndarray) -> np.ndarray:
+    """The exact 64 x 64 grid as ``int64`` (compiled for ``uint8``; float input: step 1)."""
     g = np.asarray(gray)
-    grid = _grid64_u8(g) if g.dtype == np.uint8 and g.ndim == 2 and g.size else _grid64(g)
-    ca = _block_sums(grid)
-    s = np.sort(ca, axis=None)
-    return ca > (s[31] + s[32]) / 2.0  # the median of the 64 block sums
+    if g.dtype == np.uint8 and g.ndim == 2 and g.size:
+        return hash_grid64(g)
+    return _grid64(g).astype(np.int64)  # integer-valued, below 2**53: exact
 
 
 def wavelet_hash(gray: np.ndarray) -> int:
     """64-bit wavelet (haar, level 3 of a 64x64 area-resize) hash, unsigned int."""
-    return _pack(_bits(gray))
+    return hash_variants(gray)[0]
 
 
 def hash_variants(gray: np.ndarray) -> list[int]:
     """``[wavelet_hash(apply_dihedral(gray, k)) for k in range(8)]``, computed once."""
-    bits = _bits(gray)
-    stack = np.stack([apply_dihedral(bits, k) for k in range(8)]).reshape(8, 64)
-    return np.packbits(stack, axis=1).view(">u8").ravel().tolist()
+    return dihedral_hashes(_integer_grid(gray), _dihedral_table()).tolist()
 
 
 def hamming(a: int, b: int) -> int:
