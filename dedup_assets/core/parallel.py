@@ -72,10 +72,13 @@ def _context(fn: Callable | None) -> mp.context.BaseContext:
 
     server = forkserver._forkserver  # noqa: SLF001 - the process-wide forkserver
     if getattr(server, "_forkserver_pid", None) is None:
-        inner = fn.func if isinstance(fn, functools.partial) else fn
-        module = getattr(inner, "__module__", None)
-        if module and module != "__main__":
-            ctx.set_forkserver_preload([module])
+        # the function's module, and those of the functions it was bound to (map_reading's
+        # job is read_ahead_chunk bound to e.g. stage 1's analyse_path)
+        inner = [fn.func, *fn.args] if isinstance(fn, functools.partial) else [fn]
+        modules = [getattr(f, "__module__", None) for f in inner if callable(f)]
+        modules = list(dict.fromkeys(m for m in modules if m and m != "__main__"))
+        if modules:
+            ctx.set_forkserver_preload(modules)
         with _env(**dict.fromkeys(_SINGLE_THREAD_ENV, "1")):
             forkserver.ensure_running()
     return ctx
@@ -145,6 +148,8 @@ DEFAULT_READ_AHEAD = 4
 
 
 _READERS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of these threads
+    os.register_at_fork(after_in_child=_READERS.clear)
 
 
 def _reader_threads(n: int) -> ThreadPoolExecutor:
