@@ -27,6 +27,7 @@ install compiles them once (seconds), each new worker process then loads them fr
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -93,6 +94,8 @@ def _area3(src, ry, wy, rx, wx):
 def area_resize_gray(gray: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area-average resize of a 2-D ``uint8`` image to ``width x height``, each axis reduced
     by a factor in ``[1, 2]`` (``ValueError`` otherwise)."""
+    if gray.dtype != np.uint8 or gray.ndim != 2:
+        raise ValueError(f"area_resize_gray needs a 2-D uint8 image, got {gray.dtype} {gray.shape}")
     h, w = gray.shape
     ry, wy = area_taps(h, height)
     rx, wx = area_taps(w, width)
@@ -130,8 +133,8 @@ def _reduce3(src, k, oh, ow, y0, x0):
 def reduce_rgb(rgb: np.ndarray, k: int) -> np.ndarray:
     """Mean of each ``k x k`` block of an ``H x W x 3`` ``uint8`` image (rounded), the image
     first centre-cropped to a multiple of ``k``."""
-    if not 1 <= k <= 16 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"reduce_rgb needs an H x W x 3 image and 1 <= k <= 16, got {rgb.shape}, k={k}")
+    if not 1 <= k <= 16 or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"reduce_rgb needs an H x W x 3 uint8 image and 1 <= k <= 16, got {rgb.shape}, k={k}")
     h, w = rgb.shape[:2]
     k = int(k)
     oh, ow = h // k, w // k
@@ -186,6 +189,8 @@ def _grid(src, ry, cy, wy, rx, cx, wx):
 def hash_grid64(gray: np.ndarray) -> np.ndarray:
     """The 64 x 64 integer area grid of a 2-D ``uint8`` image: cell ``(i, j)`` is the area
     weighted sum of the pixels it covers, times ``H * W`` (exact: ``int64``)."""
+    if gray.dtype != np.uint8 or gray.ndim != 2 or gray.size == 0:
+        raise ValueError(f"hash_grid64 needs a non-empty 2-D uint8 image, got {gray.dtype} {gray.shape}")
     h, w = gray.shape
     return _grid(np.ascontiguousarray(gray), *grid_taps(h), *grid_taps(w))
 
@@ -291,6 +296,10 @@ def structure_stats(
     where mag >= the edge threshold, sum and count of |Immerkaer(gray)| over the interior
     where mag <= the flat threshold)``. The thresholds are mag's order statistics of rank
     ``flat_rank``/``edge_rank`` (1-based: the smallest value with that many at or below)."""
+    if not (gray.dtype == den.dtype == np.uint8 and mag.dtype == np.int16 and gray.shape == den.shape == mag.shape):
+        raise ValueError("structure_stats needs uint8 gray/den and int16 mag of one shape")
+    if min(gray.shape) < 3:
+        raise ValueError(f"structure_stats needs at least 3 x 3 pixels, got {gray.shape}")
     return _structure_stats(gray, den, mag, int(flat_rank), int(edge_rank), float(p_lo), float(p_hi))
 
 
@@ -324,6 +333,8 @@ def color_stats(small: np.ndarray, gray_level: int) -> tuple[np.ndarray, np.ndar
     joint histogram over ``(r >> 6, g >> 6, b >> 6)`` (bin ``r * 16 + g * 4 + b``), the RGB
     sums of each bin, the sum of ``max(R,G,B) - min(R,G,B)`` and how many pixels exceed
     ``gray_level``."""
+    if small.dtype != np.uint8 or small.ndim != 3 or small.shape[2] != 3:
+        raise ValueError(f"color_stats needs an H x W x 3 uint8 image, got {small.dtype} {small.shape}")
     return _color_stats(np.ascontiguousarray(small), int(gray_level))
 
 
@@ -376,6 +387,11 @@ def jpeg_markers(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """``(positions, codes)`` of every ``FF xx`` in ``data`` with ``xx`` not ``00`` or ``FF``
     (the marker candidates of a JPEG stream), in order."""
     buf = np.frombuffer(data, dtype=np.uint8)
+    if sys.byteorder != "little":  # the word scan assumes little-endian byte order
+        ff = np.flatnonzero(buf[:-1] == 0xFF)
+        nxt = buf[ff + 1]
+        real = (nxt != 0x00) & (nxt != 0xFF)
+        return ff[real].astype(np.int64), nxt[real]
     pos, code = np.empty(256, np.int64), np.empty(256, np.uint8)
     m = _scan_markers(buf, pos, code)
     if m > pos.shape[0]:

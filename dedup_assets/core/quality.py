@@ -166,21 +166,33 @@ def _q_noise(resp_mean: float) -> float:
 
 def _structure(gray: np.ndarray) -> tuple[float, float, np.ndarray]:
     """``(q_sharpness, q_noise, histogram of gray)`` from one gradient of the median-filtered
-    gray; the masked measures in one compiled pass (``kernels.structure_stats``) when the
-    image is at least 3 x 3, else with OpenCV (the definitions are the same)."""
+    gray; the masked measures in one compiled pass (``kernels.structure_stats``) for a
+    ``uint8`` image of at least 3 x 3, else with OpenCV (the same definitions)."""
     den, mag = _gradient(gray)
     h, w = gray.shape
-    if h >= 3 and w >= 3:
+    if h >= 3 and w >= 3 and gray.dtype == np.uint8:
         hist, p5, p95, lap_sum, lap_n, resp_sum, resp_n = structure_stats(
             gray, den, mag, _rank(FLAT_FRACTION, mag.size), _rank(_EDGE_FRACTION, mag.size), *_CONTRAST_PERCENTILES
         )
         sharp = _q_sharpness(lap_sum / max(lap_n, 1), p5, p95)
         return sharp, _q_noise(resp_sum / resp_n if resp_n else 0.0), hist.astype(np.float64)
-    _, t_edge = _kth_values(mag, (FLAT_FRACTION, _EDGE_FRACTION))
+    return (*_structure_opencv(gray, den, mag), _u8_hist(gray))
+
+
+def _structure_opencv(gray: np.ndarray, den: np.ndarray, mag: np.ndarray) -> tuple[float, float]:
+    """``(q_sharpness, q_noise)`` with OpenCV calls: what ``kernels.structure_stats`` computes
+    (sharpness: mean |Laplacian| of ``den`` where ``mag`` is in its top 10 %, over the
+    contrast; noise: mean |Immerkaer| of ``gray`` over the interior's flattest 30 %)."""
+    t_flat, t_edge = _kth_values(mag, (FLAT_FRACTION, _EDGE_FRACTION))
     lap = cv2.absdiff(cv2.Laplacian(den, cv2.CV_16S, ksize=1), 0)
     p5, p95 = _hist_percentiles(_u8_hist(den), _CONTRAST_PERCENTILES)
     sharp = _q_sharpness(cv2.mean(lap, mask=cv2.compare(mag, t_edge, cv2.CMP_GE))[0], p5, p95)
-    return sharp, 100.0, _u8_hist(gray)  # no interior: no noise measure
+    h, w = gray.shape
+    if h < 3 or w < 3:
+        return sharp, 100.0  # no interior: no noise measure
+    resp = cv2.absdiff(cv2.filter2D(gray, cv2.CV_16S, _IMMERKAER), 0)[1:-1, 1:-1]
+    flat = cv2.compare(mag[1:-1, 1:-1], t_flat, cv2.CMP_LE)
+    return sharp, _q_noise(cv2.mean(resp, mask=flat)[0] if cv2.countNonZero(flat) else 0.0)
 
 
 def _q_exposure(hist: np.ndarray) -> float:
