@@ -216,7 +216,9 @@ def dihedral_hashes(grid: np.ndarray, table: np.ndarray) -> np.ndarray:
     """The 8 hashes (``uint64``) of a 64 x 64 integer grid: its 8 x 8 block sums compared
     with their median; bit ``i`` (MSB first) of hash ``k`` is block ``table[k, i]`` (row-major)
     (``table[k]``: where dihedral transform ``k`` takes each block from)."""
-    return _dihedral_hashes(np.ascontiguousarray(grid, dtype=np.int64), table)
+    if grid.shape != (64, 64) or table.shape != (8, 64):
+        raise ValueError(f"dihedral_hashes needs a 64 x 64 grid and an 8 x 64 table, got {grid.shape}, {table.shape}")
+    return _dihedral_hashes(np.ascontiguousarray(grid, dtype=np.int64), np.ascontiguousarray(table, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- quality

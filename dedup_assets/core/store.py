@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from .content import content_hash_file
+from .parallel import DEFAULT_READ_AHEAD
 
 #: File extensions taken as images without looking at the content.
 IMAGE_EXTENSIONS = frozenset(
@@ -96,7 +97,7 @@ class ImageStore(ABC):
     kind: str
     #: reads a worker keeps in flight by default (``parallel.map_reading``): a remote store
     #: hides its latency behind the decoding; a local disk gains nothing from reader threads
-    read_ahead: ClassVar[int] = 4
+    read_ahead: ClassVar[int] = DEFAULT_READ_AHEAD
 
     @abstractmethod
     def describe(self) -> str:
