@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import tracemalloc
 import zlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -302,3 +305,34 @@ def test_reads_run_ahead_of_the_analysis_in_order_and_bounded(tmp_path):
     # the same rows as reading one file after the other
     plain = [analyse_bytes((folder / p).read_bytes()) for p in paths if p != "missing.jpg"]
     assert [r["whash"] for i, r in enumerate(rows) if i != 5] == [p["whash"] for p in plain]
+
+
+@dataclass(frozen=True)
+class _ThreadNoteStore(LocalFolderStore):
+    """Notes which thread read each file (a class attribute: the store is frozen)."""
+
+    readers: ClassVar[list] = []
+
+    def read_bytes(self, collection: str, path: str) -> bytes:
+        type(self).readers.append(threading.current_thread().name)
+        return super().read_bytes(collection, path)
+
+
+def test_read_ahead_defaults_to_the_store_s_setting(tmp_path):
+    from dedup_assets.core.azure_store import AzureBlobStore
+    from dedup_assets.core.parallel import DEFAULT_READ_AHEAD
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    paths = []
+    for i in range(6):
+        (folder / f"img_{i}.jpg").write_bytes(enc(np.roll(skdata.astronaut(), 9 * i, axis=1), quality=85))
+        paths.append(f"img_{i}.jpg")
+    assert LocalFolderStore.read_ahead == 1 and AzureBlobStore.read_ahead == DEFAULT_READ_AHEAD > 1
+    store = _ThreadNoteStore(str(tmp_path))
+    rows = list(analyse_collection(store, "c", paths, workers=1))  # inline: threads visible here
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    assert _ThreadNoteStore.readers == ["MainThread"] * 6  # a local folder reads inline
+    _ThreadNoteStore.readers.clear()
+    list(analyse_collection(store, "c", paths, workers=1, read_ahead=3))
+    assert all(name.startswith("read-ahead") for name in _ThreadNoteStore.readers)

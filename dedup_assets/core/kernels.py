@@ -6,7 +6,7 @@ each OpenCV or numpy call costs a few microseconds of dispatch and many are paid
 one compiled loop does the same work in one call. Measured on 2 MP decodes (432 x 288, one
 core): ``cv2.resize(INTER_AREA)`` to 256 x 171 ~250 us vs ``area_resize_gray`` ~80 us; the
 hash grid ~100 vs ~25 us; the JPEG marker scan (numpy) ~120 vs ~50-65 us; the colour
-signature ~250 vs ~130 us; stage 1 as a whole 0.69 -> 0.85 of the decode rate (``dedup-assets
+signature ~250 vs ~130 us; stage 1 as a whole 0.66-0.69 -> 0.83-0.85 of the decode rate (``dedup-assets
 bench stage1``).
 
 - :func:`area_resize_gray`: area-average resize of a ``uint8`` gray image by a factor in
