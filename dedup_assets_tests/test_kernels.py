@@ -37,9 +37,9 @@ def test_area_resize_refuses_factors_outside_1_to_2():
         kernels.area_resize_gray(np.zeros((600, 600), np.uint8), 256, 256)
 
 
-def test_working_gray_uses_the_kernel_only_where_it_applies():
+def test_working_gray_matches_opencv_on_either_path():
     rgb = _photo_rgb()
-    for side in (300, 480, 700, 1200):  # 1-2x the work side: kernel; beyond: OpenCV
+    for side in (300, 480, 700, 1200):  # 1-2x the work side: the kernel; beyond: OpenCV
         img = cv2.resize(rgb, (side, side * 2 // 3), interpolation=cv2.INTER_AREA)
         gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         got = quality.working_gray(img)

@@ -175,8 +175,9 @@ def global_similarities(
     the ``discover_k`` nearest identity embeddings (inner product on normalised vectors, exact
     faiss search up to :data:`FLAT_MAX` images, IVF above: :func:`knn_index`), proposing
     those at or above ``discover_threshold`` that are not already paired: at most
-    ``discover_k`` per image and view. Every image read also gets a rotation-invariant descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or
-    above ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
+    ``discover_k`` per image and view. Every image read also gets a rotation-invariant
+    descriptor (:mod:`.rotation`); its ``rotation_k`` nearest neighbours at or above
+    ``rotation_threshold`` are proposed too (copies turned by any angle). A pair whose
     image cannot be read scores NaN.
 
     Decoding (and the embedder's per-image ``input_transform``) runs in ``workers`` processes
