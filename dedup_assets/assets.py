@@ -33,6 +33,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from . import schemas
 from .checks import check_specs, selection_check_results
 from .core import gallery, report
 from .core.overrides import apply_overrides
@@ -97,14 +98,7 @@ def _inventory_size(wavelet_hashes: pl.DataFrame) -> int:
 # --------------------------------------------------------------------------- inventory
 
 
-INVENTORY_SCHEMA = {
-    "path": pl.String,
-    "size": pl.Int64,
-    "etag": pl.String,
-    "last_modified": pl.Float64,
-    "content_md5": pl.String,
-    "shard": pl.String,
-}
+INVENTORY_SCHEMA = {c: t for c, t in schemas.INVENTORY.items() if c not in ("collection", "prefix")}
 INVENTORY_BATCH = 20_000
 
 
@@ -175,31 +169,7 @@ class HashingConfig(Config):
     )
 
 
-STAGE1_SCHEMA = {
-    "path": pl.String,
-    "status": pl.String,
-    "error_reason": pl.String,
-    "error_message": pl.String,
-    "content_hash": pl.String,
-    "file_size": pl.Int64,
-    "format": pl.String,
-    "mode": pl.String,
-    "width": pl.Int64,
-    "height": pl.Int64,
-    "has_alpha": pl.Boolean,
-    "whash": pl.Int64,
-    "hash_variants": pl.List(pl.Int64),
-    "quality_score": pl.Float64,
-    "q_resolution": pl.Float64,
-    "q_sharpness": pl.Float64,
-    "q_exposure": pl.Float64,
-    "q_noise": pl.Float64,
-    "q_compression": pl.Float64,
-    "color_hist": pl.Binary,
-    "color_thumb": pl.Binary,
-    "dominant_colors": pl.String,
-    "is_gray": pl.Boolean,
-}
+STAGE1_SCHEMA = schemas.STAGE1_ROW
 
 
 @asset(
@@ -321,7 +291,7 @@ def _pairs_frame(collection: str, paths: list[str], pairs: list[Pair], **scores)
             "transform": [p.transform for p in pairs],
             **scores,
         },
-        schema_overrides={"hamming": pl.Int32, "transform": pl.Int8},
+        schema_overrides={c: t for c, t in schemas.PAIR.items() if c != "color_similarity"},
     )
 
 
@@ -685,6 +655,7 @@ def best_selection(
         },
         schema_overrides={"group_size": pl.Int32},
     ).with_columns(pl.col("avg_color_correlation").fill_nan(None))
+    frame = schemas.conform("best_selection", frame)  # typed even when the collection is empty
     counts = dict(frame.group_by("status").len().iter_rows())
     timer.done(
         frame.height,

@@ -41,6 +41,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from . import schemas
+
 #: Input metadata: keep only rows whose column equals this dimension of the downstream
 #: partition (``wavelet_hashes`` reads only its shard of ``blob_inventory``).
 MATCH_DOWNSTREAM = "dedup/match_downstream_dimension"
@@ -120,6 +122,24 @@ def locked_connection(
         if lock_file is not None:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
             lock_file.close()
+
+
+def _retype(con, target: str, column: str, found: str, wanted: str, log) -> None:
+    """Give ``column`` its declared type (tables written by an older version may have typed
+    it from an empty frame). Rows whose value cannot be converted make this fail with what
+    to do, inside the write's transaction: nothing is changed then."""
+    try:
+        con.execute(
+            f"alter table {target} alter column {quote_ident(column)} set data type {wanted}"
+        )
+    except duckdb.Error as exc:
+        raise RuntimeError(
+            f"{target}.{column} has type {found} where {wanted} is expected, and its rows cannot "
+            f"be converted ({exc}); drop the table (it is rebuilt by materialising the asset "
+            "again for every partition)"
+        ) from exc
+    if log is not None:
+        log.warning(f"{target}.{column}: type {found} changed to the declared {wanted}")
 
 
 def _partition_filter(
@@ -243,27 +263,31 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
                     raise ValueError(f"{table}: the frame has no partition column {column!r}")
                 if obj.height and not (obj[column] == value).all():
                     raise ValueError(f"{table}: rows outside partition {column}={value!r}")
+        declared = schemas.TABLES.get(table)
+        if declared is not None:
+            obj = schemas.conform(table, obj)
         frame = obj.to_arrow()  # noqa: F841 - referenced by name in the SQL below
+        # the table's types come from its declared schema, never from this frame (an empty
+        # frame has untyped columns, and a table made from one would refuse every later write)
+        typed = (schemas.empty(declared) if declared is not None else obj.clear()).to_arrow()  # noqa: F841
         with locked_connection(
             self.database, timeout_s=self.lock_timeout_s, log=context.log
         ) as (con, waited):
             con.execute(f"create schema if not exists {quote_ident(self.schema_)}")
             con.execute("begin transaction")
-            con.execute(f"create table if not exists {target} as select * from frame limit 0")
-            existing = {
-                r[0]
-                for r in con.execute(
-                    "select column_name from information_schema.columns"
+            con.execute(f"create table if not exists {target} as select * from typed")
+            existing = dict(
+                con.execute(
+                    "select column_name, data_type from information_schema.columns"
                     " where table_schema = ? and table_name = ?",
                     [self.schema_, table],
                 ).fetchall()
-            }
-            for name in obj.columns:
+            )
+            for name, sql_type in con.execute("select column_name, column_type from (describe typed)").fetchall():
                 if name not in existing:  # a column added by a newer version of the asset
-                    sql_type = con.execute(
-                        f"describe select {quote_ident(name)} from frame"
-                    ).fetchone()[1]
                     con.execute(f"alter table {target} add column {quote_ident(name)} {sql_type}")
+                elif existing[name] != sql_type:  # e.g. typed from an empty frame by an older version
+                    _retype(con, target, name, existing[name], sql_type, context.log)
             if columns:
                 where = " and ".join(f"{quote_ident(c)} = ?" for c in columns)
                 con.execute(f"delete from {target} where {where}", values)
