@@ -266,13 +266,14 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         declared = schemas.TABLES.get(table)
         if declared is not None:
             obj = schemas.conform(table, obj)
-        frame = obj.to_arrow()  # noqa: F841 - referenced by name in the SQL below
         # the table's types come from its declared schema, never from this frame (an empty
         # frame has untyped columns, and a table made from one would refuse every later write)
-        typed = (schemas.empty(declared) if declared is not None else obj.clear()).to_arrow()  # noqa: F841
+        typed = schemas.empty(declared) if declared is not None else obj.clear()
         with locked_connection(
             self.database, timeout_s=self.lock_timeout_s, log=context.log
         ) as (con, waited):
+            con.register("frame", obj.to_arrow())
+            con.register("typed", typed.to_arrow())
             con.execute(f"create schema if not exists {quote_ident(self.schema_)}")
             con.execute("begin transaction")
             con.execute(f"create table if not exists {target} as select * from typed")
