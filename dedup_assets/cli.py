@@ -271,6 +271,36 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
+def analyst_database(path: Path) -> Path:
+    """The analyst views database for a path: the file itself, or the one in a state folder
+    or in an output folder's ``.dedup_state``."""
+    if path.is_file():
+        return path
+    for folder in (path, _state_dir(path)):
+        found = sorted(folder.glob("*_analyst.duckdb")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    raise SystemExit(f"dedup-assets: no *_analyst.duckdb in {path} or {_state_dir(path)}")
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from .io_manager import open_analyst
+
+    con = open_analyst(analyst_database(Path(args.database)))
+    try:
+        result = con.sql(args.query)
+        if result is None:
+            return 0
+        if args.csv:
+            frame = result.pl()
+            sys.stdout.write(frame.write_csv())
+        else:
+            result.show(max_rows=args.max_rows, max_width=10_000)
+    finally:
+        con.close()
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
@@ -314,6 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--url", default="http://127.0.0.1:3000", help="Dagster webserver")
     backfill.add_argument("--wait", action="store_true", help="wait until it finishes")
     backfill.set_defaults(fn=_cmd_backfill)
+
+    sql = sub.add_parser(
+        "sql", help="query the results read-only (the analyst database; never blocks a run)"
+    )
+    sql.add_argument(
+        "database", help="an output folder, a state folder, or a *_analyst.duckdb file"
+    )
+    sql.add_argument("query", help="SQL, e.g. 'select * from dedup.best_selection limit 5'")
+    sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    sql.add_argument("--max-rows", type=int, default=100, help="rows shown in the table")
+    sql.set_defaults(fn=_cmd_sql)
 
     bench = sub.add_parser("bench", help="run a benchmark: dedup-assets bench NAME --help")
     bench.add_argument("name", help="benchmark name (a module of dedup_assets.bench)")

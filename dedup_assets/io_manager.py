@@ -109,8 +109,12 @@ def locked_connection(
                     raise DuckDBLockTimeout(
                         f"{database} is held open by another process: {exc}"
                     ) from exc
-                if log is not None:
-                    log.warning(f"DuckDB file busy (held outside this pipeline?), retrying: {exc}")
+                if log is not None and delay == 0.1:  # once: the retries are the same story
+                    log.warning(
+                        f"{database} is held open by another process ({exc}); waiting for it "
+                        f"(up to {timeout_s:.0f} s). Analysts: query the read-only "
+                        "<stem>_analyst.duckdb instead, which never blocks a run"
+                    )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
         waited = time.monotonic() - start
@@ -122,6 +126,18 @@ def locked_connection(
         if lock_file is not None:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
             lock_file.close()
+
+
+def open_analyst(path: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to an analyst views database (``<stem>_analyst.duckdb``),
+    wherever its folder now lies: its views name their Parquet files relative to that
+    folder, which becomes DuckDB's ``file_search_path``. Never blocks the pipeline."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no analyst database at {path} (written by the first run)")
+    con = duckdb.connect(str(path), read_only=True)
+    con.execute("set file_search_path = ?", [str(path.parent)])
+    return con
 
 
 def _retype(con, target: str, column: str, found: str, wanted: str, log) -> None:
@@ -207,7 +223,6 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         if not (self.publish_analyst and _is_local_file(self.database)):
             return
         folder = self.analyst_dir / self.schema_ / table
-        created = not folder.is_dir()
         folder.mkdir(parents=True, exist_ok=True)
         stem = "-".join(values) or "all"
         if not re.fullmatch(r"[a-z0-9_-]{1,100}", stem):
@@ -216,8 +231,7 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         tmp = folder / f".{stem}.parquet.partial"
         frame.select(keep).write_parquet(tmp)
         os.replace(tmp, folder / f"{stem}.parquet")
-        if created or not self.analyst_database.exists():
-            self._write_views()
+        self._write_views()  # a few ms; also upgrades views written by older versions
 
     def _write_views(self) -> None:
         """Rebuild the views database next to the old one, then rename it into place."""
@@ -227,11 +241,13 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         os.unlink(tmp)
         con = duckdb.connect(tmp)
         try:
+            con.execute("set file_search_path = ?", [str(root.parent.resolve())])
             for schema_dir in sorted(p for p in root.iterdir() if p.is_dir()):
                 con.execute(f"create schema if not exists {quote_ident(schema_dir.name)}")
                 for table_dir in sorted(p for p in schema_dir.iterdir() if p.is_dir()):
-                    # DDL takes no parameters: the glob is our own folder, quoted as a literal.
-                    glob = str(table_dir.resolve() / "*.parquet").replace("'", "''")
+                    # relative to the views database's folder, so the folder can move (see
+                    # open_analyst); DDL takes no parameters: the glob is our own folder, quoted
+                    glob = f"{root.name}/{schema_dir.name}/{table_dir.name}/*.parquet".replace("'", "''")
                     con.execute(
                         f"create or replace view {quote_ident(schema_dir.name)}."
                         f"{quote_ident(table_dir.name)} as select * from "

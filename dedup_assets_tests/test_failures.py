@@ -147,7 +147,7 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("table", ["blob_inventory", "wavelet_hashes", "global_groups", "best_selection", "image_report"])
+@pytest.mark.parametrize("table", ["wavelet_hashes", "best_selection"])
 def test_cli_killed_while_writing_resumes_with_complete_results(table, tmp_path):
     source, out = tmp_path / "photos", tmp_path / "out"
     _collection(source)

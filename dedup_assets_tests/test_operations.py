@@ -12,7 +12,7 @@ from dedup_assets.checks import every_image_once, one_keeper_per_group, single_c
 from dedup_assets.core.sample import _jpeg, load_photo
 from dedup_assets.core.store import collection_slug
 from dedup_assets.definitions import build_resources
-from dedup_assets.io_manager import MATCH_DOWNSTREAM, DedupDuckDBIOManager
+from dedup_assets.io_manager import MATCH_DOWNSTREAM, DedupDuckDBIOManager, open_analyst
 from dedup_assets.partitions import (
     by_collection,
     collection_shards_partitions,
@@ -114,7 +114,7 @@ def test_io_manager_replaces_exactly_the_written_partition(tmp_path):
     ]
     con.close()
     # each write was published for analysts
-    analyst = duckdb.connect(str(tmp_path / "ops_analyst.duckdb"), read_only=True)
+    analyst = open_analyst(tmp_path / "ops_analyst.duckdb")
     assert analyst.execute("select count(*) from dedup.shard_rows").fetchone()[0] == 4
     analyst.close()
 

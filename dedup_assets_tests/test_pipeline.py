@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,20 +221,40 @@ def readme_queries() -> dict[str, str]:
     return queries
 
 
-def test_readme_analyst_queries_on_the_published_snapshot(pipeline_run):
+def test_readme_analyst_queries_on_the_published_snapshot(pipeline_run, tmp_path, capsys):
+    from dedup_assets.io_manager import open_analyst
+
     report = _ensure_run(pipeline_run)
     _, out, truth, source = pipeline_run
     rows = _read_report(report)
     queries = readme_queries()
     assert set(queries) == {"largest_groups", "space_saved", "keeper_quality", "joining_pairs", "errors"}
+    # the analyst files work wherever they are moved to
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "dedup_assets_analyst", moved / "dedup_assets_analyst")
+    shutil.copy(out / "dedup_assets_analyst.duckdb", moved)
     # the pipeline's own file is held open for writing, as during a run: analysts are not blocked
     writer = duckdb.connect(str(out / "dedup_assets.duckdb"))
-    analyst = duckdb.connect(str(out / "dedup_assets_analyst.duckdb"), read_only=True)
+    analyst = open_analyst(moved / "dedup_assets_analyst.duckdb")
     try:
         result = {name: analyst.execute(sql).fetchall() for name, sql in queries.items()}
     finally:
         analyst.close()
         writer.close()
+    # the same through the DuckDB command line the bootstrap installs (README), run in the
+    # folder, and through `dedup-assets sql`
+    duckdb_cli = Path(sys.executable).parent / "duckdb"
+    sql = queries["largest_groups"]
+    cli = subprocess.run(
+        [str(duckdb_cli), "-readonly", "-csv", "-noheader", "dedup_assets_analyst.duckdb", "-c", sql],
+        cwd=moved, capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert [line.split(",")[:3] for line in cli.stdout.splitlines()] == [
+        [c, g, str(n)] for c, g, n, _ in result["largest_groups"]
+    ]
+    assert main(["sql", str(moved), sql, "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == cli.stdout.splitlines()
     assert result["largest_groups"][0][2] == max(len(g) for g in truth["groups"])
     assert len(result["largest_groups"]) == len(truth["groups"])
     duplicates = [r for r in rows if r["Status"] == "Duplicate"]
