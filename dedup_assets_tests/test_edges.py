@@ -119,3 +119,23 @@ def test_empty_collection_then_duplicates_added(tmp_path, capsys):
     rows = {r["Image Path"]: r for r in _report(source, out)}
     assert {r["Status"] for r in rows.values()} == {"Best", "Duplicate"}
     assert len({r["Group ID"] for r in rows.values()}) == 1
+
+
+def test_tables_typed_from_an_empty_frame_by_an_older_version_are_repaired(tmp_path, capsys):
+    """Older versions created a table from the first frame written: an empty collection's pair
+    tables got INTEGER columns, and every later write failed ('Could not convert string')."""
+    source, out = tmp_path / "photos", tmp_path / "out"
+    _photos(source, 2)
+    rgb = np.asarray(Image.open(source / "astronaut.jpg"))
+    Image.fromarray(np.ascontiguousarray(rgb[:, ::-1])).save(source / "astronaut_mirror.jpg", quality=90)
+    db = out / ".dedup_state" / "dedup_assets.duckdb"
+    db.parent.mkdir(parents=True)
+    con = duckdb.connect(str(db))
+    con.execute("create schema dedup")
+    for table in ("color_groups", "global_groups", "local_groups"):
+        columns = ", ".join(f'"{c}" integer' for c in schemas.TABLES[table])
+        con.execute(f"create table dedup.{table} ({columns})")
+    con.close()
+    assert main(["run", str(source), "--output", str(out), "--workers", "1"]) == 0
+    assert "duplicates: 1" in capsys.readouterr().out
+    _check_tables(out, "photos")
