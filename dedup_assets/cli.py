@@ -278,7 +278,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dedup-assets", description=__doc__.splitlines()[0])
+    from .core.text import help_text
+
+    parser = argparse.ArgumentParser(
+        prog="dedup-assets", description=help_text(__doc__.splitlines()[0])
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="deduplicate one folder (one collection)")
