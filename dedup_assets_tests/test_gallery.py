@@ -238,6 +238,26 @@ def test_pages_are_bounded_ordered_and_escaped():
     assert "no thumbnail" in pages[0][1]
 
 
+def test_counts_agree_in_number(tmp_path):
+    best, images, pairs = _synthetic(1)  # one group of three
+    options = gallery.GalleryOptions(members_shown=2)
+    data = gallery.prepare(best, images, pairs, overrides.empty_overrides(), options=options)
+    index = gallery.render_index(data, "c", options, gallery.Thresholds(), 1, {})
+    assert "(1 group on 1 page)" in index
+    [(name, page)] = gallery.render_pages(data, "c", options, set(), {})
+    assert "… and 1 more image (" in page
+    preview = gallery.preview_markdown(data, "gallery/index.html", lambda path: None)
+    assert preview.startswith("**1 group** (3 images, 2 duplicates), 1 borderline, 1 unreadable, "
+                              "0 analyst overrides.")
+    (tmp_path / "page.html").write_text(page)
+    assert "1 group on this page" in parse(browse(tmp_path / "page.html", tmp_path)).text
+    best, images, pairs = _synthetic(2)
+    data = gallery.prepare(best, images, pairs, overrides.empty_overrides(),
+                           options=gallery.GalleryOptions(groups_per_page=1))
+    index = gallery.render_index(data, "c", options, gallery.Thresholds(), 1, {})
+    assert "(2 groups on 2 pages)" in index
+
+
 def test_thumbnails_are_made_once(tmp_path):
     src = tmp_path / "src" / "c"
     src.mkdir(parents=True)

@@ -41,6 +41,7 @@ from .hashing import DIHEDRAL_NAMES
 from .parallel import ordered_map
 from .quality import QUALITY_COMPONENTS
 from .store import ImageStore
+from .text import plural
 
 FOLDER = "gallery"
 INDEX = f"{FOLDER}/index.html"
@@ -438,7 +439,7 @@ document.addEventListener('click',function(e){var b=e.target.closest('button[dat
 var t=box.querySelector('textarea');t.value="insert into dedup.overrides (kind, collection, path_a, path_b, note)\\n  values ("+
 q(b.dataset.kind)+", "+q(document.body.dataset.collection)+", "+q(r.cells[0].textContent)+", "+q(r.cells[1].textContent)+", '');";
 box.style.display='block';t.focus();t.select();});
-var n=document.querySelectorAll('section.group').length,c=document.getElementById('count');if(c)c.textContent=n+' groups on this page';
+var n=document.querySelectorAll('section.group').length,c=document.getElementById('count');if(c)c.textContent=n+(n===1?' group':' groups')+' on this page';
 })();
 """
 
@@ -565,7 +566,7 @@ def _group_html(g: dict, members: list[dict], pairs: list[dict], o: GalleryOptio
     more = len(members) - len(shown)
     figures = "".join(_figure(m, thumbs_ok, failed) for m in shown)
     if more:
-        figures += f"<p>… and {more} more images (see image_report.csv, Group ID {_e(g['group_id'])})</p>"
+        figures += f"<p>… and {plural(more, 'more image')} (see image_report.csv, Group ID {_e(g['group_id'])})</p>"
     shown_pairs = pairs[: o.pairs_shown]
     head = "".join(_pair_row(p, o.borderline_margin) for p in shown_pairs[:OPEN_PAIRS])
     table = f"<div class=tw><table><thead>{PAIR_HEADER}</thead><tbody>{head}</tbody></table></div>"
@@ -573,9 +574,9 @@ def _group_html(g: dict, members: list[dict], pairs: list[dict], o: GalleryOptio
     if rest:
         rows = "".join(_pair_row(p, o.borderline_margin) for p in rest)
         if len(pairs) > len(shown_pairs):
-            rows += f"<tr><td colspan=10>… {len(pairs) - len(shown_pairs)} more pairs (dedup.local_groups)</td></tr>"
+            rows += f"<tr><td colspan=10>… {plural(len(pairs) - len(shown_pairs), 'more pair')} (dedup.local_groups)</td></tr>"
         table += (
-            f"<details><summary>{len(pairs) - OPEN_PAIRS} more pairs</summary><div class=tw><table>"
+            f"<details><summary>{plural(len(pairs) - OPEN_PAIRS, 'more pair')}</summary><div class=tw><table>"
             f"<thead>{PAIR_HEADER}</thead><tbody>{rows}</tbody></table></div></details>"
         )
     return (
@@ -706,7 +707,7 @@ def render_index(data: GalleryData, collection: str, options: GalleryOptions,
     body = f"""<h1>{_e(title)}: review gallery</h1>
 <table>{summary}{info}</table>
 <h2>Legend</h2>{LEGEND.format(thr=_e(thr), border=options.borderline_margin)}
-<h2>Groups, largest first ({t['groups']} groups on {pages} pages)</h2>
+<h2>Groups, largest first ({plural(t['groups'], 'group')} on {plural(pages, 'page')})</h2>
 <p>At equal size the most borderline group comes first.</p>
 <div class=tw><table id=pages><thead><tr><th>page</th><th>groups</th><th>sizes</th><th>borderline</th></tr></thead>
 <tbody>{''.join(page_rows)}</tbody></table></div>
@@ -814,9 +815,9 @@ def preview_markdown(
     refs: dict[str, str] = {}  # path -> reference label ("" when no picture)
     uris: list[str] = []
     lines = [
-        f"**{t['groups']} groups** ({t['images_in_groups']} images, {t['duplicates']} duplicates), "
-        f"{t['borderline_groups']} borderline, {t['unreadable']} unreadable, "
-        f"{t['overrides']} analyst overrides.",
+        f"**{plural(t['groups'], 'group')}** ({plural(t['images_in_groups'], 'image')}, "
+        f"{plural(t['duplicates'], 'duplicate')}), {t['borderline_groups']} borderline, "
+        f"{t['unreadable']} unreadable, {plural(t['overrides'], 'analyst override')}.",
         "",
         f"Gallery: `{location}`",
     ]
