@@ -429,9 +429,7 @@ def global_groups(
     """Pairs confirmed (and new ones discovered) by global image embeddings."""
     timer = Timer(context)
     model = embedder.get_embedder()
-    info = model.info
-    if info.fallback_reason:
-        context.log.warning(f"CLIP not used, weight-free descriptor instead: {info.fallback_reason}")
+    info = model.info  # a fallback is logged once, by load_embedder (dagster.yaml: python_logs)
     threshold = (
         config.min_clip_similarity if info.kind == "clip" else config.min_descriptor_similarity
     )

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import shutil
+from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster._core.instance.ref import InstanceRef
+from PIL import Image
 
 from dedup_assets import bench
-from dedup_assets.assets import ALL_ASSETS
+from dedup_assets.assets import ALL_ASSETS, blob_inventory
 from dedup_assets.cli import main
 from dedup_assets.core.store import collection_slug
-from dedup_assets.definitions import azure_store_from_env, defs
+from dedup_assets.definitions import azure_store_from_env, build_resources, defs
 from dedup_assets.resources import LocalFolderStoreResource
 from dedup_assets.sensors import collection_discovery_sensor
 
+REPO = Path(__file__).resolve().parents[1]
 STAGES = [
     "blob_inventory",
     "wavelet_hashes",
@@ -126,3 +132,27 @@ def test_descriptions_and_help_show_no_sphinx_markup_nor_swallowed_tags(capsys):
     # outside `code`, Markdown eats <word> as a tag ("…in _deduplicated/gallery/")
     outside_code = {k: re.sub(r"`[^`]*`", "", v) for k, v in markdown.items()}
     assert {k: HTML_LOOKALIKE.findall(v) for k, v in outside_code.items() if HTML_LOOKALIKE.search(v)} == {}
+
+
+def test_library_warnings_reach_the_event_log_once(tmp_path):
+    """The repo's dagster.yaml hands the `dedup_assets` loggers to Dagster: what the image code
+    warns about (here a symlink loop in the listing) is in the run's event log, once."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "src" / "photos" / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "src" / "photos" / "a.png")
+    (tmp_path / "src" / "photos" / "sub" / "loop").symlink_to("..")
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    instance.add_dynamic_partitions("collections", ["photos"])
+    resources = build_resources(
+        source_root=str(tmp_path / "src"), output_root=str(tmp_path / "out"),
+        database=str(tmp_path / "results.duckdb"),
+    )
+    result = materialize([blob_inventory], partition_key="photos", resources=resources, instance=instance)
+    assert result.success
+    warnings = [
+        e.user_message for e in instance.all_logs(result.run_id)
+        if e.level == logging.WARNING and "sub/loop" in e.user_message
+    ]
+    assert len(warnings) == 1 and "a loop" in warnings[0]
