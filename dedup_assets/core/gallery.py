@@ -2,8 +2,8 @@
 
 Layout under ``<collection>_deduplicated/gallery/`` (all through :class:`ImageStore`):
 
-- ``index.html``: totals, a legend, links to every page, the most borderline groups, the
-  analyst overrides and how to write them;
+- ``index.html``: totals, the first groups with their thumbnails, a legend, links to every
+  page, the most borderline groups, the analyst overrides and how to write them;
 - ``pages/page-0001.html`` …: groups, largest first and, at equal size, the most borderline
   first; each page holds at most ``groups_per_page`` groups and ``images_per_page`` thumbnails,
   so a page stays small whatever the collection;
@@ -75,6 +75,8 @@ class GalleryOptions:
     members_shown: int = 120
     pairs_shown: int = 40
     errors_per_page: int = 500
+    index_groups: int = 6  # the first groups shown with their thumbnails on index.html
+    index_members: int = 8  # thumbnails per group there
     borderline_margin: float = 0.15
     borderline_listed: int = 300
     thumb_side: int = 160
@@ -404,7 +406,7 @@ CSS = """
 *{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;
 color:var(--fg);background:var(--bg)}main,header,footer{max-width:1400px;margin:0 auto;padding:0 12px}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);padding:6px 12px;z-index:2}
-nav a,nav span{margin-right:10px}a{color:#0058a0}h1{font-size:20px}h2{font-size:16px;margin:18px 0 6px}.group h2{margin:0 0 6px}
+nav a,nav span{margin-right:10px}a{color:#0058a0}h1{font-size:20px}h2{font-size:16px;margin:18px 0 6px}.group h2,.group h3{margin:0 0 6px}h3{font-size:15px}
 .group{border:1px solid var(--line);border-radius:6px;margin:14px 0;padding:10px;background:var(--card)}
 .members{display:grid;grid-template-columns:repeat(auto-fill,minmax(176px,1fr));gap:8px}
 figure{margin:0;background:#fff;border:2px dashed var(--line);border-radius:4px;padding:6px}
@@ -493,15 +495,16 @@ _SHORT = {"q_resolution": "res", "q_sharpness": "sharp", "q_exposure": "expo", "
           "q_compression": "comp"}
 
 
-def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
+def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str], up: str = "../") -> str:
+    """One image of a group; ``up`` leads from the page's folder to ``gallery/``."""
     key = m.get("content_hash")
     keeper = m["status"] == "Best"
     folder = "best" if keeper else "duplicates"
-    href = f"../../{folder}/{quote(m['path'])}"
+    href = f"{up}../{folder}/{quote(m['path'])}"
     if key and key in thumbs_ok:
         pic = (
             f"<a class=thumb href='{href}'><img loading=lazy decoding=async alt='' "
-            f"src='../thumbs/{key[:2]}/{key}.webp'></a>"
+            f"src='{up}thumbs/{key[:2]}/{key}.webp'></a>"
         )
     else:
         why = failed.get(key or "", "no thumbnail")
@@ -658,11 +661,42 @@ a verified pair cut so that two images an analyst marked apart stay apart</dd>
 </dl>"""
 
 
+def _first_groups(data: GalleryData, options: GalleryOptions, thumbs_ok: set[str],
+                  failed: dict[str, str]) -> str:
+    """The first groups with their thumbnails, for the index: pictures before tables."""
+    first = data.groups.head(options.index_groups)
+    if first.height == 0:
+        return "<p>No duplicate groups were found.</p>"
+    members = _by_rank(data.members.filter(pl.col("rank") <= first["rank"].max()))
+    out = []
+    for g in first.iter_rows(named=True):
+        shown = members.get(g["rank"], [])[: options.index_members]
+        href = f"pages/{_page_file(g['page'])}#{_e(g['group_id'])}"
+        more = g["group_size"] - len(shown)
+        badge = "<span class='badge warn'>⚠ borderline</span>" if g["borderline"] else ""
+        out.append(
+            f"<section class=group id='{_e(g['group_id'])}' data-size={g['group_size']}>"
+            f"<h3><a href='{href}'>#{g['rank']}</a> · {plural(g['group_size'], 'image')} · "
+            f"weakest pair margin {_num(g['weakest_margin'])}{badge}</h3>"
+            f"<div class=members>{''.join(_figure(m, thumbs_ok, failed, '') for m in shown)}</div>"
+            + (f"<p><a href='{href}'>{plural(more, 'more image')} on page {g['page']}</a></p>" if more else "")
+            + "</section>"
+        )
+    rest = data.groups.height - first.height
+    link = (f"<p><a href='pages/{_page_file(1)}'>All {plural(data.groups.height, 'group')}, "
+            f"with their pairs and scores, from page 1 →</a>"
+            + (f" ({plural(rest, 'more group')} after these)" if rest else "") + "</p>")
+    return "".join(out) + link
+
+
 def render_index(data: GalleryData, collection: str, options: GalleryOptions,
-                 thresholds: Thresholds, error_pages: int, result_info: dict) -> str:
+                 thresholds: Thresholds, error_pages: int, result_info: dict,
+                 thumbs_ok: set[str] = frozenset(), failed: dict[str, str] | None = None) -> str:
+    """``index.html``: totals, the first groups' thumbnails, the legend and the tables."""
     t = data.totals
     title = options.title or collection
     pages = int(data.groups["page"].max() or 0) if data.groups.height else 0
+    n_first = min(options.index_groups, data.groups.height)
     summary = "".join(
         f"<tr><th>{_e(k.replace('_', ' '))}</th><td class=n>{v}</td></tr>" for k, v in t.items()
     )
@@ -706,6 +740,8 @@ def render_index(data: GalleryData, collection: str, options: GalleryOptions,
         err_rows += f"<tr><td colspan=2>… {data.errors.height - 20} more</td></tr>"
     body = f"""<h1>{_e(title)}: review gallery</h1>
 <table>{summary}{info}</table>
+<h2>Largest groups{f" (first {n_first})" if n_first < data.groups.height else ""}</h2>
+{_first_groups(data, options, thumbs_ok, failed or {})}
 <h2>Legend</h2>{LEGEND.format(thr=_e(thr), border=options.borderline_margin)}
 <h2>Groups, largest first ({plural(t['groups'], 'group')} on {plural(pages, 'page')})</h2>
 <p>At equal size the most borderline group comes first.</p>
@@ -780,7 +816,9 @@ def write_gallery(
     info = {
         "thumbnails": f"{made} made, {cached} reused, {len(failed)} failed",
     }
-    index = put(INDEX, render_index(data, collection, options, thresholds, error_pages, info))
+    index = put(INDEX, render_index(
+        data, collection, options, thresholds, error_pages, info, thumbs_ok, failed
+    ))
     return GalleryResult(
         index=index, pages=n_pages, error_pages=error_pages, groups=data.groups,
         thumbnails_made=made, thumbnails_cached=cached, thumbnails_failed=failed,
