@@ -399,9 +399,7 @@ def global_groups(
     """Pairs confirmed (and new ones discovered) by global image embeddings."""
     timer = Timer(context)
     model = embedder.get_embedder()
-    info = model.info
-    if info.fallback_reason:
-        context.log.warning(f"CLIP not used, weight-free descriptor instead: {info.fallback_reason}")
+    info = model.info  # a fallback is logged once, by load_embedder (dagster.yaml: python_logs)
     threshold = (
         config.min_clip_similarity if info.kind == "clip" else config.min_descriptor_similarity
     )
@@ -607,10 +605,10 @@ def best_selection(
 ):
     """Final group, status (Best/Duplicate/Unique/Error) and keeper of every inventoried image.
 
-    Analyst overrides (``dedup.overrides``) are applied here: ``same_picture`` adds an edge,
-    ``not_duplicate`` keeps two images out of one group. Group ids hash the collection key and
+    Analyst overrides (`dedup.overrides`) are applied here: `same_picture` adds an edge,
+    `not_duplicate` keeps two images out of one group. Group ids hash the collection key and
     the group's first path, so they never repeat across collections. Blocking checks (see
-    :mod:`dedup_assets.checks`) stop the copies and the report when the selection breaks a
+    `dedup_assets.checks`) stop the copies and the report when the selection breaks a
     promise."""
     timer = Timer(context)
     images = (
@@ -682,7 +680,7 @@ def deduplicated_files(
     wavelet_hashes: pl.DataFrame,
     best_selection: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Copies into <collection>_deduplicated/best/ (keepers and uniques) and …/duplicates/."""
+    """Copies into `<collection>_deduplicated/best/` (keepers and uniques) and `…/duplicates/`."""
     timer = Timer(context)
     image_store = store.get_store()
     prefix = store.resolve_collection(context.partition_key)
@@ -810,7 +808,7 @@ def review_gallery(
     local_groups: pl.DataFrame,
     best_selection: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Static HTML gallery of the duplicate groups in <collection>_deduplicated/gallery/."""
+    """Static HTML gallery of the duplicate groups in `<collection>_deduplicated/gallery/`."""
     timer = Timer(context)
     image_store = store.get_store()
     prefix = store.resolve_collection(context.partition_key)

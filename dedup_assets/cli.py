@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .core.text import help_text, plural
+
 DEMO_DIR = Path("data")
 DEMO_COLLECTION = "sample-photos"
 
@@ -179,19 +181,29 @@ def _copy_counts(result) -> str:
     return "none"
 
 
-def _summary(rows: list[dict], seconds: float, copies: str, report: str, shards: str = "") -> str:
+def _summary(
+    rows: list[dict], seconds: float, copies: str, report: str, shards: str = "",
+    work_seconds: float = 0.0,
+) -> str:
+    """The lines `run` prints. The rate is over `work_seconds`, the time the stages spent on
+    the images: a small run spends most of `seconds` starting Dagster runs."""
     status = Counter(r["Status"] for r in rows)
     groups = len({r["Group ID"] for r in rows if r["Status"] in ("Best", "Duplicate")})
+    if work_seconds > 0:
+        rate = f"{len(rows) / work_seconds:.1f} images/s of image work"
+        time_line = f"{seconds:.1f} s ({work_seconds:.1f} s of image work, the rest start-up)"
+    else:
+        rate, time_line = f"{len(rows) / seconds:.1f} images/s with start-up", f"{seconds:.1f} s"
     return "\n".join(
         [
-            f"images:     {len(rows)} ({len(rows) / seconds:.1f} images/s)",
-            f"groups:     {groups} groups of duplicates",
+            f"images:     {len(rows)} ({rate})",
+            f"groups:     {plural(groups, 'group')} of duplicates",
             f"duplicates: {status['Duplicate']}",
             f"unique:     {status['Unique']}",
             f"errors:     {status['Error']}",
             f"copies:     {copies}",
             f"shards:     {shards}",
-            f"time:       {seconds:.1f} s",
+            f"time:       {time_line}",
             f"report:     {report}",
         ]
     )
@@ -232,7 +244,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         text = Path(report).read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     shards = f"{result.shards} ({result.resumed} already analysed)"
-    print(_summary(rows, seconds, _copy_counts(result), report, shards))
+    print(_summary(rows, seconds, _copy_counts(result), report, shards, result.work_seconds))
     return 0
 
 
@@ -308,7 +320,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dedup-assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dedup-assets", description=help_text(__doc__.splitlines()[0])
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="deduplicate one folder (one collection)")

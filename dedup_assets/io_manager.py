@@ -189,7 +189,7 @@ def _where_in(columns: list[str], values: list[list[str]]) -> tuple[str, list]:
 
 
 class DedupDuckDBIOManager(ConfigurableIOManager):
-    """Stores polars frames in DuckDB tables ``<schema>.<asset name>``."""
+    """Stores polars frames in DuckDB tables `<schema>.<asset name>`."""
 
     database: str = Field(description="Path of the DuckDB file (or a DuckDB connection string).")
     schema_: str = Field(default="dedup", alias="schema", description="Schema of the tables.")

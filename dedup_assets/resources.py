@@ -38,12 +38,12 @@ class ImageStoreResource(ConfigurableResource, ABC):
 
 
 class LocalFolderStoreResource(ImageStoreResource):
-    """Collections are the sub-folders of ``root``; results go to ``output_root``."""
+    """Collections are the sub-folders of `root`; results go to `output_root`."""
 
     root: str = Field(description="Folder whose sub-folders are the collections.")
     output_root: str | None = Field(
         default=None,
-        description="Folder receiving <collection>_deduplicated/ (default: root).",
+        description="Folder receiving `<collection>_deduplicated/` (default: root).",
     )
 
     def get_store(self) -> ImageStore:
@@ -53,10 +53,10 @@ class LocalFolderStoreResource(ImageStoreResource):
 class AzureBlobStoreResource(ImageStoreResource):
     """Collections are prefixes of one Azure Blob Storage container.
 
-    The account is given by dagster-azure's ``AzureBlobStorageResource`` (account URL with a
+    The account is given by dagster-azure's `AzureBlobStorageResource` (account URL with a
     key, a SAS token or DefaultAzureCredential) or by an Azure Storage connection string.
-    A collection is a top-level prefix below ``prefix`` (``<prefix>/<collection>/``), or one
-    of ``collections`` when that list is given. The limits hold per process.
+    A collection is a top-level prefix below `prefix` (`<prefix>/<collection>/`), or one
+    of `collections` when that list is given. The limits hold per process.
     """
 
     azure: AzureBlobStorageResource | None = Field(
@@ -73,7 +73,7 @@ class AzureBlobStoreResource(ImageStoreResource):
         default=None, description="Collections (below `prefix`) instead of discovering them."
     )
     output_container: str | None = Field(
-        default=None, description="Container receiving <collection>_deduplicated/ (default: container)."
+        default=None, description="Container receiving `<collection>_deduplicated/` (default: container)."
     )
     output_prefix: str | None = Field(
         default=None, description="Prefix in the output container (default: `prefix`)."
@@ -175,7 +175,7 @@ class EmbedderResource(ConfigurableResource):
 
 
 class OverridesResource(DuckDBResource):
-    """The analysts' ``overrides`` table in the results database (created when missing)."""
+    """The analysts' `overrides` table in the results database (created when missing)."""
 
     schema_name: str = Field(default="dedup", description="Schema holding the overrides table.")
 

@@ -34,6 +34,17 @@ class CollectionRun:
     def all_events(self) -> list:
         return [e for r in self.results for e in r.all_events]
 
+    @property
+    def work_seconds(self) -> float:
+        """Seconds the stages spent on the images (the ``seconds`` each materialisation
+        records), without Dagster's start-up and bookkeeping between and around them."""
+        return sum(
+            e.materialization.metadata["seconds"].value
+            for r in self.results
+            for e in r.get_asset_materialization_events()
+            if "seconds" in e.materialization.metadata
+        )
+
     def asset_materializations_for_node(self, name: str) -> list:
         return [
             m

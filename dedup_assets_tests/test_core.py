@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -79,6 +80,48 @@ def test_local_store_lists_reads_and_copies(tmp_path):
         store.read_bytes("c1", "../c1/a.jpg")
     with pytest.raises(StoreError):
         store.read_bytes("c1", "missing.jpg")
+
+
+def test_local_store_follows_symlinks_lists_each_image_once_and_names_loops(tmp_path, caplog):
+    root = tmp_path / "root"
+    coll, sub, outside = root / "c1", root / "c1" / "sub", tmp_path / "elsewhere"
+    for folder in (sub / "deeper", outside, coll / ".cache"):
+        folder.mkdir(parents=True)
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(jpeg, "JPEG")
+    for image in (coll / "a.jpg", sub / "b.jpg", outside / "c.jpg", coll / ".cache" / "d.jpg",
+                  outside / "e.jpg"):
+        image.write_bytes(jpeg.getvalue())
+    (sub / "deeper" / "loop").symlink_to(sub)  # back to a folder being listed
+    (sub / "up").symlink_to("..")  # back to the collection folder
+    (coll / "parent").symlink_to(root)  # above the collection: would list it again
+    (coll / "album").symlink_to(sub)  # a folder of the collection under another name
+    (coll / "a-again.jpg").symlink_to("a.jpg")
+    (coll / "cached.jpg").symlink_to(coll / ".cache" / "d.jpg")
+    (coll / "ext").symlink_to(outside)  # outside the collection: followed
+    (coll / "ext2").symlink_to(outside)
+    (coll / "c-link.jpg").symlink_to(outside / "c.jpg")
+    (coll / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (outside / "back").symlink_to(outside)
+    store = LocalFolderStore(str(root), str(tmp_path / "out"))
+    with caplog.at_level(logging.WARNING, logger="dedup_assets.store"):
+        blobs = list(store.iter_blobs("c1"))
+    assert [b.path for b in blobs] == ["a.jpg", "c-link.jpg", "ext/e.jpg", "sub/b.jpg"]
+    assert store.read_bytes("c1", "ext/e.jpg") == jpeg.getvalue()
+    said = {r.args[1]: r.args[3] for r in caplog.records if r.name == "dedup_assets.store"}
+    assert said == {
+        "a-again.jpg": "inside the collection, listed as 'a.jpg'",
+        "album": "inside the collection, listed as 'sub'",
+        "ext/c.jpg": "listed already as 'c-link.jpg'",
+        "cached.jpg": "inside the collection, in hidden '.cache/d.jpg' (not listed)",
+        "ext/back": "a loop",
+        "ext2": "listed already as 'ext'",
+        "gone.jpg": "its target does not exist",
+        "parent": "a loop",
+        "sub/deeper/loop": "a loop",
+        "sub/up": "a loop",
+    }
+    assert all(str(coll) in r.getMessage() for r in caplog.records)
 
 
 def test_looks_like_image():

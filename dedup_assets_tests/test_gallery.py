@@ -238,6 +238,41 @@ def test_pages_are_bounded_ordered_and_escaped():
     assert "no thumbnail" in pages[0][1]
 
 
+def test_counts_agree_in_number(tmp_path):
+    best, images, pairs = _synthetic(1)  # one group of three
+    options = gallery.GalleryOptions(members_shown=2)
+    data = gallery.prepare(best, images, pairs, overrides.empty_overrides(), options=options)
+    index = gallery.render_index(data, "c", options, gallery.Thresholds(), 1, {})
+    assert "(1 group on 1 page)" in index
+    [(name, page)] = gallery.render_pages(data, "c", options, set(), {})
+    assert "… and 1 more image (" in page
+    preview = gallery.preview_markdown(data, "gallery/index.html", lambda path: None)
+    assert preview.startswith("**1 group** (3 images, 2 duplicates), 1 borderline, 1 unreadable, "
+                              "0 analyst overrides.")
+    (tmp_path / "page.html").write_text(page)
+    assert "1 group on this page" in parse(browse(tmp_path / "page.html", tmp_path)).text
+    best, images, pairs = _synthetic(2)
+    data = gallery.prepare(best, images, pairs, overrides.empty_overrides(),
+                           options=gallery.GalleryOptions(groups_per_page=1))
+    index = gallery.render_index(data, "c", options, gallery.Thresholds(), 1, {})
+    assert "(2 groups on 2 pages)" in index
+
+
+def test_index_shows_the_first_groups_thumbnails_and_links_to_the_rest():
+    best, images, pairs = _synthetic(25, size=10)
+    options = gallery.GalleryOptions(groups_per_page=10, index_groups=3, index_members=4)
+    data = gallery.prepare(best, images, pairs, overrides.empty_overrides(), options=options)
+    thumbs = set(images["content_hash"].to_list())
+    index = parse(gallery.render_index(data, "c", options, gallery.Thresholds(), 1, {}, thumbs, {}))
+    first = data.groups.head(3)
+    assert [g["id"] for g in index.groups] == first["group_id"].to_list()
+    assert [len(g["figures"]) for g in index.groups] == [4, 4, 4]
+    assert all(keeper == (n == 0) for g in index.groups for n, (_, keeper) in enumerate(g["figures"]))
+    assert all(src.startswith("thumbs/") for src in index.images) and len(index.images) == 12
+    assert "Largest groups (first 3)" in index.text and "6 more images on page 1" in index.text
+    assert "All 25 groups" in index.text and "(22 more groups after these)" in index.text
+
+
 def test_thumbnails_are_made_once(tmp_path):
     src = tmp_path / "src" / "c"
     src.mkdir(parents=True)
@@ -302,6 +337,10 @@ def test_gallery_in_headless_chromium(sample_run, tmp_path):
     assert sizes == sorted(sizes, reverse=True)
 
     index = parse(browse(folder / "index.html", tmp_path))
+    # the index opens with the first groups' pictures (all four here), as page 1 orders them
+    assert [(g["id"], g["figures"]) for g in index.groups] == [(g["id"], g["figures"]) for g in dom.groups]
+    assert len(index.images) == sum(len(g["figures"]) for g in dom.groups)
+    assert all((folder / unquote(src)).is_file() for src in index.images)
     for path in truth["unreadable"]:
         assert path in index.text
     assert "truncated" in index.text and "empty" in index.text

@@ -17,7 +17,7 @@ import pytest
 from dagster import DagsterInstance
 
 from dedup_assets.assets import ALL_ASSETS
-from dedup_assets.cli import main, report_path
+from dedup_assets.cli import _summary, main, report_path
 from dedup_assets.core.report import LEGACY_COLUMNS
 from dedup_assets.core.sample import make_sample_collection
 from dedup_assets.definitions import build_resources
@@ -159,11 +159,21 @@ def test_rerun_is_idempotent(pipeline_run):
     assert n == len(_read_report(report))  # partition replaced, not appended
 
 
-def test_cli_run(sample, tmp_path, capsys):
+def test_cli_run(sample, tmp_path, capsys, caplog):
     source, truth = sample
     out = tmp_path / "out"
     assert main(["run", str(source), "--output", str(out), "--workers", "1"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    # no CLIP weights here: said once (by load_embedder), not again by global_groups
+    fallback = "weight-free descriptor"
+    said = captured.err.count(fallback) + sum(fallback in r.getMessage() for r in caplog.records)
+    assert said == 1
+    # the rate is over the stages' own time, which the time line separates from start-up
+    images = re.search(r"^images: +(\d+) \(([\d.]+) images/s of image work\)$", printed, re.M)
+    took = re.search(r"^time: +([\d.]+) s \(([\d.]+) s of image work, the rest start-up\)$", printed, re.M)
+    assert images and took and 0 < float(took[2]) < float(took[1])
+    assert float(images[2]) == pytest.approx(int(images[1]) / float(took[2]), rel=0.1)
     assert f"groups:     {len(truth['groups'])} groups" in printed
     assert "errors:     2" in printed
     assert str(report_path(source, out)) in printed
@@ -175,6 +185,17 @@ def test_cli_run(sample, tmp_path, capsys):
     again = capsys.readouterr().out
     assert "copies:     0 copied" in again
     assert printed.split("groups:")[1].split("copies:")[0] == again.split("groups:")[1].split("copies:")[0]
+
+
+def test_cli_summary_counts_agree_and_say_what_the_rate_is_over():
+    rows = [
+        {"Status": "Best", "Group ID": "g1"}, {"Status": "Duplicate", "Group ID": "g1"},
+        {"Status": "Unique", "Group ID": "g2"}, {"Status": "Error", "Group ID": ""},
+    ]
+    text = _summary(rows, 8.0, "2 copied", "r.csv", "16 (0 already analysed)", work_seconds=0.5)
+    assert "images:     4 (8.0 images/s of image work)" in text
+    assert "groups:     1 group of duplicates" in text
+    assert "time:       8.0 s (0.5 s of image work, the rest start-up)" in text
 
 
 def test_cli_refuses_output_inside_source(sample):

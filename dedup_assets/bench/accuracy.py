@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..core.text import help_text
+
 STAGES = {
     "candidates": ("color_groups", None),
     "color": ("color_groups", "color_kept"),
@@ -28,7 +30,7 @@ ASSETS = ("blob_inventory", "wavelet_hashes", "color_groups", "global_groups", "
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="dedup-assets bench accuracy", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="dedup-assets bench accuracy", description=help_text(__doc__.split("\n")[0]))
     p.add_argument("source", type=Path, help="folder with images and ground_truth.json")
     p.add_argument("--truth", type=Path, help="ground truth file (default: SOURCE/ground_truth.json)")
     p.add_argument("--output", type=Path, help="output folder (default: a temporary folder)")

@@ -25,6 +25,8 @@ import multiprocessing as mp
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..core.text import help_text
+
 
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -102,7 +104,7 @@ def _upload(service, container: str, count: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dedup-assets bench azure_inventory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dedup-assets bench azure_inventory", description=help_text(__doc__.splitlines()[0]))
     parser.add_argument("--blobs", type=int, default=20000, help="blobs in the largest collection")
     parser.add_argument("--page-sizes", default="5000,1000", help="listing page sizes to compare")
     parser.add_argument("--json", help="write the results here")

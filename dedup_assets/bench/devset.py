@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from ..core.text import help_text
+
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "food-originals"
 WORDS = "fresh daily special menu chef taste lunch dinner recipe kitchen market organic".split()
 
@@ -191,7 +193,7 @@ def make_devset(
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="dedup-assets bench devset", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="dedup-assets bench devset", description=help_text(__doc__.split("\n")[0]))
     p.add_argument("out", type=Path, help="folder to write (images + ground_truth.json)")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of distinct originals")
     p.add_argument("--originals", type=int, default=200)

@@ -28,6 +28,7 @@ from PIL import Image
 from ..core import gallery, overrides
 from ..core.content import content_hash
 from ..core.store import LocalFolderStore
+from ..core.text import help_text
 
 COLLECTION = "bench"
 
@@ -203,7 +204,7 @@ def _blank_page(work: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dedup-assets bench gallery", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="dedup-assets bench gallery", description=help_text(__doc__.splitlines()[0]))
     ap.add_argument("--groups", type=int, default=100_000)
     ap.add_argument("--distinct-images", type=int, default=500, help="distinct pictures behind the paths")
     ap.add_argument("--groups-per-page", type=int, default=50)

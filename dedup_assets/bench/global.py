@@ -44,6 +44,7 @@ from ..core.decode import decode_image
 from ..core.parallel import ordered_map, worker_pool
 from ..core.store import LocalFolderStore
 from ..core.verify import GLOBAL_SIDE, _views_rgb, global_similarities
+from ..core.text import help_text
 from .stage1 import _RssSampler, _default_photo_dir, _dims, _generate, _sources
 
 COLLECTION = "photos"
@@ -162,7 +163,7 @@ def _devices(arg: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dedup-assets bench global", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="dedup-assets bench global", description=help_text(__doc__.split("\n\n")[0]))
     ap.add_argument("--images", type=int, default=256, help="2 MP JPEGs to generate (default 256)")
     ap.add_argument("--mp", type=float, default=2.0, help="megapixels per image (default 2)")
     ap.add_argument("--quality", type=int, default=90)

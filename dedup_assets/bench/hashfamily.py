@@ -26,6 +26,7 @@ from . import emit
 from ..core.analyse import analyse_bytes
 from ..core.hashing import DIHEDRAL_NAMES, hamming
 from ..core.store import LocalFolderStore
+from ..core.text import help_text
 
 
 def family_distance(whash: int, variants: list[int]) -> tuple[int, int]:
@@ -121,7 +122,7 @@ def _table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dedup-assets bench hashfamily", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dedup-assets bench hashfamily", description=help_text(__doc__.split("\n\n")[0]))
     p.add_argument("dir", help="a folder with ground_truth.json (e.g. ../shared/datasets/pdq-bridge)")
     p.add_argument("--reference", default=None, help="the original (relative path); default: first of each group")
     p.add_argument("--radius", type=int, default=10, help="Hamming radius of a match (default 10, as CandidateConfig)")

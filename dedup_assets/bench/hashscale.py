@@ -48,6 +48,7 @@ import time
 
 import numpy as np
 
+from ..core.text import help_text
 from . import emit
 
 TARGET_SPEEDUP = 30.0
@@ -55,7 +56,7 @@ TARGET_RSS_MB = 1536.0
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dedup-assets bench hashscale", description=__doc__,
+    p = argparse.ArgumentParser(prog="dedup-assets bench hashscale", description=help_text(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000000,3000000", help="comma-separated n (default 1M,3M)")
     p.add_argument("--radius", type=int, default=10, help="Hamming radius r (default 10)")

@@ -59,6 +59,7 @@ from ..core.parallel import ordered_map, worker_pool
 from ..core.sample import PHOTOS, load_photo
 from ..core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from ..core.store import LocalFolderStore
+from ..core.text import help_text
 
 
 COLLECTION = "photos"
@@ -482,7 +483,7 @@ def _table(report: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dedup-assets bench stage1", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dedup-assets bench stage1", description=help_text(__doc__.split("\n\n")[0]))
     p.add_argument("--images", type=int, default=160, help="images per size (default 160)")
     p.add_argument("--sizes", default="2,12", help="image sizes in megapixels (default 2,12)")
     p.add_argument("--workers", type=int, default=2, help="worker processes for every subject (default 2)")

@@ -2,8 +2,8 @@
 
 Layout under ``<collection>_deduplicated/gallery/`` (all through :class:`ImageStore`):
 
-- ``index.html``: totals, a legend, links to every page, the most borderline groups, the
-  analyst overrides and how to write them;
+- ``index.html``: totals, the first groups with their thumbnails, a legend, links to every
+  page, the most borderline groups, the analyst overrides and how to write them;
 - ``pages/page-0001.html`` …: groups, largest first and, at equal size, the most borderline
   first; each page holds at most ``groups_per_page`` groups and ``images_per_page`` thumbnails,
   so a page stays small whatever the collection;
@@ -41,6 +41,7 @@ from .hashing import DIHEDRAL_NAMES
 from .parallel import ordered_map
 from .quality import QUALITY_COMPONENTS
 from .store import ImageStore
+from .text import plural
 
 FOLDER = "gallery"
 INDEX = f"{FOLDER}/index.html"
@@ -74,6 +75,8 @@ class GalleryOptions:
     members_shown: int = 120
     pairs_shown: int = 40
     errors_per_page: int = 500
+    index_groups: int = 6  # the first groups shown with their thumbnails on index.html
+    index_members: int = 8  # thumbnails per group there
     borderline_margin: float = 0.15
     borderline_listed: int = 300
     thumb_side: int = 160
@@ -403,7 +406,7 @@ CSS = """
 *{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;
 color:var(--fg);background:var(--bg)}main,header,footer{max-width:1400px;margin:0 auto;padding:0 12px}
 header{position:sticky;top:0;background:#fff;border-bottom:1px solid var(--line);padding:6px 12px;z-index:2}
-nav a,nav span{margin-right:10px}a{color:#0058a0}h1{font-size:20px}h2{font-size:16px;margin:18px 0 6px}.group h2{margin:0 0 6px}
+nav a,nav span{margin-right:10px}a{color:#0058a0}h1{font-size:20px}h2{font-size:16px;margin:18px 0 6px}.group h2,.group h3{margin:0 0 6px}h3{font-size:15px}
 .group{border:1px solid var(--line);border-radius:6px;margin:14px 0;padding:10px;background:var(--card)}
 .members{display:grid;grid-template-columns:repeat(auto-fill,minmax(176px,1fr));gap:8px}
 figure{margin:0;background:#fff;border:2px dashed var(--line);border-radius:4px;padding:6px}
@@ -438,7 +441,7 @@ document.addEventListener('click',function(e){var b=e.target.closest('button[dat
 var t=box.querySelector('textarea');t.value="insert into dedup.overrides (kind, collection, path_a, path_b, note)\\n  values ("+
 q(b.dataset.kind)+", "+q(document.body.dataset.collection)+", "+q(r.cells[0].textContent)+", "+q(r.cells[1].textContent)+", '');";
 box.style.display='block';t.focus();t.select();});
-var n=document.querySelectorAll('section.group').length,c=document.getElementById('count');if(c)c.textContent=n+' groups on this page';
+var n=document.querySelectorAll('section.group').length,c=document.getElementById('count');if(c)c.textContent=n+(n===1?' group':' groups')+' on this page';
 })();
 """
 
@@ -492,15 +495,16 @@ _SHORT = {"q_resolution": "res", "q_sharpness": "sharp", "q_exposure": "expo", "
           "q_compression": "comp"}
 
 
-def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str]) -> str:
+def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str], up: str = "../") -> str:
+    """One image of a group; ``up`` leads from the page's folder to ``gallery/``."""
     key = m.get("content_hash")
     keeper = m["status"] == "Best"
     folder = "best" if keeper else "duplicates"
-    href = f"../../{folder}/{quote(m['path'])}"
+    href = f"{up}../{folder}/{quote(m['path'])}"
     if key and key in thumbs_ok:
         pic = (
             f"<a class=thumb href='{href}'><img loading=lazy decoding=async alt='' "
-            f"src='../thumbs/{key[:2]}/{key}.webp'></a>"
+            f"src='{up}thumbs/{key[:2]}/{key}.webp'></a>"
         )
     else:
         why = failed.get(key or "", "no thumbnail")
@@ -565,7 +569,7 @@ def _group_html(g: dict, members: list[dict], pairs: list[dict], o: GalleryOptio
     more = len(members) - len(shown)
     figures = "".join(_figure(m, thumbs_ok, failed) for m in shown)
     if more:
-        figures += f"<p>… and {more} more images (see image_report.csv, Group ID {_e(g['group_id'])})</p>"
+        figures += f"<p>… and {plural(more, 'more image')} (see image_report.csv, Group ID {_e(g['group_id'])})</p>"
     shown_pairs = pairs[: o.pairs_shown]
     head = "".join(_pair_row(p, o.borderline_margin) for p in shown_pairs[:OPEN_PAIRS])
     table = f"<div class=tw><table><thead>{PAIR_HEADER}</thead><tbody>{head}</tbody></table></div>"
@@ -573,9 +577,9 @@ def _group_html(g: dict, members: list[dict], pairs: list[dict], o: GalleryOptio
     if rest:
         rows = "".join(_pair_row(p, o.borderline_margin) for p in rest)
         if len(pairs) > len(shown_pairs):
-            rows += f"<tr><td colspan=10>… {len(pairs) - len(shown_pairs)} more pairs (dedup.local_groups)</td></tr>"
+            rows += f"<tr><td colspan=10>… {plural(len(pairs) - len(shown_pairs), 'more pair')} (dedup.local_groups)</td></tr>"
         table += (
-            f"<details><summary>{len(pairs) - OPEN_PAIRS} more pairs</summary><div class=tw><table>"
+            f"<details><summary>{plural(len(pairs) - OPEN_PAIRS, 'more pair')}</summary><div class=tw><table>"
             f"<thead>{PAIR_HEADER}</thead><tbody>{rows}</tbody></table></div></details>"
         )
     return (
@@ -657,11 +661,42 @@ a verified pair cut so that two images an analyst marked apart stay apart</dd>
 </dl>"""
 
 
+def _first_groups(data: GalleryData, options: GalleryOptions, thumbs_ok: set[str],
+                  failed: dict[str, str]) -> str:
+    """The first groups with their thumbnails, for the index: pictures before tables."""
+    first = data.groups.head(options.index_groups)
+    if first.height == 0:
+        return "<p>No duplicate groups were found.</p>"
+    members = _by_rank(data.members.filter(pl.col("rank") <= first["rank"].max()))
+    out = []
+    for g in first.iter_rows(named=True):
+        shown = members.get(g["rank"], [])[: options.index_members]
+        href = f"pages/{_page_file(g['page'])}#{_e(g['group_id'])}"
+        more = g["group_size"] - len(shown)
+        badge = "<span class='badge warn'>⚠ borderline</span>" if g["borderline"] else ""
+        out.append(
+            f"<section class=group id='{_e(g['group_id'])}' data-size={g['group_size']}>"
+            f"<h3><a href='{href}'>#{g['rank']}</a> · {plural(g['group_size'], 'image')} · "
+            f"weakest pair margin {_num(g['weakest_margin'])}{badge}</h3>"
+            f"<div class=members>{''.join(_figure(m, thumbs_ok, failed, '') for m in shown)}</div>"
+            + (f"<p><a href='{href}'>{plural(more, 'more image')} on page {g['page']}</a></p>" if more else "")
+            + "</section>"
+        )
+    rest = data.groups.height - first.height
+    link = (f"<p><a href='pages/{_page_file(1)}'>All {plural(data.groups.height, 'group')}, "
+            f"with their pairs and scores, from page 1 →</a>"
+            + (f" ({plural(rest, 'more group')} after these)" if rest else "") + "</p>")
+    return "".join(out) + link
+
+
 def render_index(data: GalleryData, collection: str, options: GalleryOptions,
-                 thresholds: Thresholds, error_pages: int, result_info: dict) -> str:
+                 thresholds: Thresholds, error_pages: int, result_info: dict,
+                 thumbs_ok: set[str] = frozenset(), failed: dict[str, str] | None = None) -> str:
+    """``index.html``: totals, the first groups' thumbnails, the legend and the tables."""
     t = data.totals
     title = options.title or collection
     pages = int(data.groups["page"].max() or 0) if data.groups.height else 0
+    n_first = min(options.index_groups, data.groups.height)
     summary = "".join(
         f"<tr><th>{_e(k.replace('_', ' '))}</th><td class=n>{v}</td></tr>" for k, v in t.items()
     )
@@ -705,8 +740,10 @@ def render_index(data: GalleryData, collection: str, options: GalleryOptions,
         err_rows += f"<tr><td colspan=2>… {data.errors.height - 20} more</td></tr>"
     body = f"""<h1>{_e(title)}: review gallery</h1>
 <table>{summary}{info}</table>
+<h2>Largest groups{f" (first {n_first})" if n_first < data.groups.height else ""}</h2>
+{_first_groups(data, options, thumbs_ok, failed or {})}
 <h2>Legend</h2>{LEGEND.format(thr=_e(thr), border=options.borderline_margin)}
-<h2>Groups, largest first ({t['groups']} groups on {pages} pages)</h2>
+<h2>Groups, largest first ({plural(t['groups'], 'group')} on {plural(pages, 'page')})</h2>
 <p>At equal size the most borderline group comes first.</p>
 <div class=tw><table id=pages><thead><tr><th>page</th><th>groups</th><th>sizes</th><th>borderline</th></tr></thead>
 <tbody>{''.join(page_rows)}</tbody></table></div>
@@ -779,7 +816,9 @@ def write_gallery(
     info = {
         "thumbnails": f"{made} made, {cached} reused, {len(failed)} failed",
     }
-    index = put(INDEX, render_index(data, collection, options, thresholds, error_pages, info))
+    index = put(INDEX, render_index(
+        data, collection, options, thresholds, error_pages, info, thumbs_ok, failed
+    ))
     return GalleryResult(
         index=index, pages=n_pages, error_pages=error_pages, groups=data.groups,
         thumbnails_made=made, thumbnails_cached=cached, thumbnails_failed=failed,
@@ -814,9 +853,9 @@ def preview_markdown(
     refs: dict[str, str] = {}  # path -> reference label ("" when no picture)
     uris: list[str] = []
     lines = [
-        f"**{t['groups']} groups** ({t['images_in_groups']} images, {t['duplicates']} duplicates), "
-        f"{t['borderline_groups']} borderline, {t['unreadable']} unreadable, "
-        f"{t['overrides']} analyst overrides.",
+        f"**{plural(t['groups'], 'group')}** ({plural(t['images_in_groups'], 'image')}, "
+        f"{plural(t['duplicates'], 'duplicate')}), {t['borderline_groups']} borderline, "
+        f"{t['unreadable']} unreadable, {plural(t['overrides'], 'analyst override')}.",
         "",
         f"Gallery: `{location}`",
     ]

@@ -11,6 +11,7 @@ import so it can be used (and pickled into worker processes) on its own.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -44,6 +45,8 @@ _MAGIC = (
     b"RIFF",  # WebP (checked further below)
     b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",  # netpbm
 )
+
+logger = logging.getLogger("dedup_assets.store")
 
 DEDUP_SUFFIX = "_deduplicated"
 SNIFF_BYTES = 16
@@ -209,10 +212,44 @@ class LocalFolderStore(ImageStore):
         )
 
     def iter_blobs(self, collection: str) -> Iterator[BlobInfo]:
-        base = self.collection_dir(collection)
-        out = self.output_dir(collection)
+        """Every image below the collection folder, each listed once, by its path there.
 
-        def walk(d: Path, rel: str) -> Iterator[BlobInfo]:
+        Symbolic links are followed, except where that would list a file twice: a link back
+        to a folder being listed (a loop), to anything inside the collection (listed under
+        its own path) or to something listed already (a file outside the collection reached
+        by two links). What is skipped so, and broken links, get a warning on the
+        ``dedup_assets.store`` logger that names them.
+        """
+        base = self.collection_dir(collection)
+        real_base = base.resolve()
+        out = self.output_dir(collection).resolve()
+        seen: dict[Path, str] = {}  # real path -> listed as (folders; files outside)
+
+        def skip(path: str, target: Path, why: str) -> None:
+            logger.warning("%s: %s -> %s skipped: %s", base, path, target, why)
+
+        def not_followed(link: str, target: Path) -> str | None:
+            """Why the link ``link`` to ``target`` (resolved) is not followed, if it is not."""
+            if not target.exists():
+                return "its target does not exist"
+            if target in real_base.parents:
+                return "a loop"
+            if target.is_dir() and target in seen:  # on the way down to the link: a loop
+                at = seen[target]
+                if at == "." or link.startswith(at + "/"):
+                    return "a loop"
+            if target == real_base or real_base in target.parents:
+                inside = target.relative_to(real_base).as_posix()
+                if any(part.startswith(".") for part in inside.split("/")):
+                    return f"inside the collection, in hidden {inside!r} (not listed)"
+                return f"inside the collection, listed as {inside!r}"
+            if target in seen:
+                return f"listed already as {seen[target]!r}"
+            return None
+
+        def walk(d: Path, real: Path, rel: str) -> Iterator[BlobInfo]:
+            seen[real] = rel.rstrip("/") or "."
+            outside = real != real_base and real_base not in real.parents
             try:
                 entries = sorted(os.scandir(d), key=lambda e: e.name)
             except OSError as exc:
@@ -221,14 +258,25 @@ class LocalFolderStore(ImageStore):
                 if e.name.startswith("."):
                     continue
                 child = f"{rel}{e.name}"
-                if e.is_dir(follow_symlinks=False):
-                    if Path(e.path) == out:
+                target = real / e.name
+                if e.is_symlink():
+                    target = Path(os.path.realpath(e.path))
+                    why = not_followed(child, target)
+                    if why:
+                        skip(child, target, why)
                         continue
-                    yield from walk(Path(e.path), child + "/")
-                elif e.is_file(follow_symlinks=False):
-                    st = e.stat(follow_symlinks=False)
+                if e.is_dir():
+                    if target != out:
+                        yield from walk(Path(e.path), target, child + "/")
+                elif e.is_file():
+                    st = e.stat()
                     if not self._is_image(e.path, e.name, st.st_size):
                         continue
+                    if outside or e.is_symlink():  # reachable by more than one path
+                        if target in seen:
+                            skip(child, target, f"listed already as {seen[target]!r}")
+                            continue
+                        seen[target] = child
                     yield BlobInfo(
                         path=child,
                         size=st.st_size,
@@ -236,7 +284,7 @@ class LocalFolderStore(ImageStore):
                         last_modified=st.st_mtime,
                     )
 
-        yield from walk(base, "")
+        yield from walk(base, real_base, "")
 
     @staticmethod
     def _is_image(full: str, name: str, size: int) -> bool:
