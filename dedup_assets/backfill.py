@@ -131,9 +131,7 @@ def backfill_progress(url: str, backfill_id: str) -> tuple[str, str]:
     if data["__typename"] != "PartitionBackfill":
         raise GraphQLError(str(data))
     runs = Counter(r["status"] for r in data["runs"])
-    runs_text = ", ".join(
-        f"{n} {_RUN_WORDS.get(s, s.lower())}" for s, n in sorted(runs.items(), key=lambda x: x[0])
-    )
+    runs_text = ", ".join(f"{n} {_RUN_WORDS.get(s, s.lower())}" for s, n in sorted(runs.items()))
     done: dict[str, list[int]] = {}
     failed = 0
     for asset in (data.get("assetBackfillData") or {}).get("assetBackfillStatuses", []):

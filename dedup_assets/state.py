@@ -13,7 +13,8 @@ queued or running, whoever launched it, or while a backfill that targets it is i
 the automation requests nothing for a busy collection, since that work will change what is
 stale. Backfills are read with ``DagsterInstance.get_backfills``; Dagster has no public
 Python type for them (the UI reads them through GraphQL), hence the two imports from
-``dagster._core.execution.backfill``.
+``dagster._core.execution.backfill``. A tick reads this before its requests are launched:
+a backfill launched in between can still overlap that one tick's requests.
 """
 
 from dataclasses import dataclass, field
@@ -121,8 +122,12 @@ IN_FLIGHT = [
     DagsterRunStatus.SUSPENDED,
     DagsterRunStatus.CANCELING,
 ]
-#: Backfills that may still launch runs.
-BACKFILL_IN_PROGRESS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]
+#: Backfills that may still launch runs, or are cancelling theirs.
+BACKFILL_IN_PROGRESS = [
+    BulkActionStatus.REQUESTED,
+    BulkActionStatus.CANCELING,
+    BulkActionStatus.FAILING,
+]
 
 
 def _collection_of(partition_key: str) -> str:
