@@ -1,6 +1,8 @@
 """`dagster dev` as the README starts it: the sensors and the schedule are listed, and a
 backfill of two collections launched through GraphQL completes through the run queue and
-the daemon, its four stage-1 shard runs at once, with no DuckDB lock error in any log."""
+the daemon, its four stage-1 shard runs at once, with no DuckDB lock error in any log. With
+automation on, a backfill runs each job once per partition and the sensors start nothing
+beside it."""
 
 from __future__ import annotations
 
