@@ -3,14 +3,17 @@
 ``dedup-assets backfill COLLECTION… --url http://127.0.0.1:3000`` adds the collections as
 partitions if needed and launches one asset backfill of the whole graph for them: the
 inventory, every shard of stage 1, then the collection-level stages, run by the daemon
-through the run queue.
+through the run queue. With ``--wait`` it prints the backfill's progress every ~10 s
+(:func:`wait_for_backfill`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
-
+from collections import Counter
+from collections.abc import Callable
 
 
 def _asset_names() -> list[str]:
@@ -94,3 +97,78 @@ def backfill_status(url: str, backfill_id: str) -> str:
     if data["__typename"] != "PartitionBackfill":
         raise GraphQLError(str(data))
     return data["status"]
+
+
+#: Backfill statuses that are not final.
+RUNNING_STATUSES = ("REQUESTED", "CANCELING", "FAILING")
+_RUN_WORDS = {
+    "SUCCESS": "succeeded",
+    "STARTED": "running",
+    "STARTING": "starting",
+    "QUEUED": "queued",
+    "NOT_STARTED": "not started",
+    "FAILURE": "failed",
+    "CANCELING": "canceling",
+    "CANCELED": "canceled",
+}
+#: How the assets' partitions are counted in a progress line, in the jobs' order.
+_STAGES = {"blob_inventory": "inventory", "wavelet_hashes": "stage 1"}
+
+
+def backfill_progress(url: str, backfill_id: str) -> tuple[str, str]:
+    """The backfill's status and one line of progress: its runs by status, and how many
+    partitions of the inventory, of stage 1 and of the later stages are materialised."""
+    data = graphql(
+        url,
+        """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+             __typename ... on PythonError { message }
+             ... on PartitionBackfill { status runs { status }
+               assetBackfillData { assetBackfillStatuses {
+                 ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted
+                       numPartitionsMaterialized numPartitionsFailed } } } } } }""",
+        {"id": backfill_id},
+    )["partitionBackfillOrError"]
+    if data["__typename"] != "PartitionBackfill":
+        raise GraphQLError(str(data))
+    runs = Counter(r["status"] for r in data["runs"])
+    runs_text = ", ".join(f"{n} {_RUN_WORDS.get(s, s.lower())}" for s, n in sorted(runs.items()))
+    done: dict[str, list[int]] = {}
+    failed = 0
+    for asset in (data.get("assetBackfillData") or {}).get("assetBackfillStatuses", []):
+        if "assetKey" not in asset:
+            continue
+        stage = _STAGES.get(asset["assetKey"]["path"][-1], "later stages")
+        counts = done.setdefault(stage, [0, 0])
+        counts[0] += asset["numPartitionsMaterialized"]
+        counts[1] += asset["numPartitionsTargeted"]
+        failed += asset["numPartitionsFailed"]
+    order = [*_STAGES.values(), "later stages"]
+    parts_text = ", ".join(
+        f"{stage} {done[stage][0]}/{done[stage][1]}" for stage in order if stage in done
+    )
+    line = f"runs: {runs_text or 'none yet'}; partitions done: {parts_text or '?'}"
+    if failed:
+        line += f", {failed} failed"
+    return data["status"], line
+
+
+def wait_for_backfill(
+    url: str,
+    backfill_id: str,
+    *,
+    say: Callable[[str], None] = print,
+    every_s: float = 10.0,
+    poll_s: float = 2.0,
+) -> str:
+    """Wait until the backfill ends, saying its progress every ``every_s`` seconds (and once
+    at the end); returns its final status."""
+    start = last = time.monotonic()
+    while True:
+        status, line = backfill_progress(url, backfill_id)
+        now = time.monotonic()
+        if status not in RUNNING_STATUSES or now - last >= every_s:
+            say(f"backfill {backfill_id} {status} at {now - start:.0f} s: {line}")
+            last = now
+        if status not in RUNNING_STATUSES:
+            return status
+        time.sleep(poll_s)

@@ -270,16 +270,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from .backfill import add_collections, backfill_status, launch_backfill
+    from .backfill import add_collections, launch_backfill, wait_for_backfill
 
     add_collections(args.url, args.collections)
     backfill_id = launch_backfill(args.url, args.collections)
     print(f"backfill {backfill_id} launched for {', '.join(args.collections)}")
     if not args.wait:
         return 0
-    while (status := backfill_status(args.url, backfill_id)) in ("REQUESTED", "CANCELING"):
-        time.sleep(5)
-    print(f"backfill {backfill_id}: {status}")
+    status = wait_for_backfill(args.url, backfill_id, say=lambda line: print(line, flush=True))
     return 0 if status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
@@ -356,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     backfill.add_argument("collections", nargs="+", help="collection partition keys")
     backfill.add_argument("--url", default="http://127.0.0.1:3000", help="Dagster webserver")
-    backfill.add_argument("--wait", action="store_true", help="wait until it finishes")
+    backfill.add_argument(
+        "--wait", action="store_true", help="wait until it finishes, printing progress every 10 s"
+    )
     backfill.set_defaults(fn=_cmd_backfill)
 
     sql = sub.add_parser(

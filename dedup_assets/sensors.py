@@ -8,6 +8,13 @@
   it requests stage 1 for every shard whose inventory changed (only those shards), then the
   collection-level stages once no shard is stale. Run keys include the shard fingerprint
   or the latest shard materialisation, so nothing is requested twice.
+
+Neither the progress sensor nor the rescan requests anything for a *busy* collection (a run
+of it queued or running, or a backfill of it in progress; :func:`.state.busy_collections`):
+that work is left to finish, and the next tick sees what it changed. So a backfill from the
+UI or ``dedup-assets backfill`` runs each job once per partition, with no automation run
+beside it, and automation alone starts one chain per new collection: its inventory, stage 1
+for each shard, then ``dedup_job``.
 """
 
 import os
@@ -28,13 +35,12 @@ from .core.store import collection_slug
 from .jobs import dedup_job, inventory_job, stage1_job
 from .partitions import collections_partitions, shard_partition_key
 from .resources import ImageStoreResource
-from .state import collection_states
+from .state import busy_collections, collection_states
 
 #: ``DEDUP_AUTOMATION=off`` starts the sensors and the schedule stopped (turn them on in the UI).
 _ON = os.environ.get("DEDUP_AUTOMATION", "on").lower() not in ("off", "0", "false", "no")
 SENSOR_STATUS = DefaultSensorStatus.RUNNING if _ON else DefaultSensorStatus.STOPPED
 SCHEDULE_STATUS = DefaultScheduleStatus.RUNNING if _ON else DefaultScheduleStatus.STOPPED
-
 
 
 @sensor(
@@ -67,8 +73,16 @@ def inventory_rescan_schedule(context: ScheduleEvaluationContext):
     collections = context.instance.get_dynamic_partitions(collections_partitions.name)
     if not collections:
         return SkipReason("no collections yet")
+    busy = busy_collections(context.instance, list(collections))
+    for c, why in busy.items():
+        context.log.info(f"{c} not listed again now: {why}")
     stamp = context.scheduled_execution_time.isoformat()
-    return [RunRequest(partition_key=c, run_key=f"rescan:{c}:{stamp}") for c in collections]
+    requests = [
+        RunRequest(partition_key=c, run_key=f"rescan:{c}:{stamp}")
+        for c in collections
+        if c not in busy
+    ]
+    return requests or SkipReason(f"every collection is busy: {_reasons(busy)}")
 
 
 @sensor(
@@ -77,11 +91,15 @@ def inventory_rescan_schedule(context: ScheduleEvaluationContext):
     jobs=[stage1_job, dedup_job],
 )
 def dedup_progress_sensor(context: SensorEvaluationContext):
-    """Requests stage 1 for stale shards, then the collection-level stages."""
-    collections = context.instance.get_dynamic_partitions(collections_partitions.name)
+    """Requests stage 1 for stale shards, then the collection-level stages, for every
+    collection that is not busy."""
+    collections = list(context.instance.get_dynamic_partitions(collections_partitions.name))
+    busy = busy_collections(context.instance, collections)
+    for c, why in busy.items():
+        context.log.info(f"{c}: nothing requested while {why}")
     requests = []
-    for c, state in collection_states(context.instance, list(collections)).items():
-        if not state.inventoried:
+    for c, state in collection_states(context.instance, collections).items():
+        if not state.inventoried or c in busy:
             continue
         for s in state.stale_shards:
             requests.append(
@@ -100,5 +118,11 @@ def dedup_progress_sensor(context: SensorEvaluationContext):
                 )
             )
     if not requests:
-        return SkipReason("every collection is up to date")
+        return SkipReason(
+            "every collection is up to date" + (f" or busy: {_reasons(busy)}" if busy else "")
+        )
     return requests
+
+
+def _reasons(busy: dict[str, str]) -> str:
+    return "; ".join(f"{c} ({why})" for c, why in sorted(busy.items()))

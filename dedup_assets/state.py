@@ -7,11 +7,28 @@ version of the stage-1 row (``analyse.ROW_VERSION``, recorded as ``stage1_versio
 collection's later stages are *stale* when some shard was analysed after its last
 ``image_report``. The CLI uses this to resume after a crash; the automation sensor uses it to
 request exactly the missing runs.
+
+A collection is *busy* (:func:`busy_collections`) while a run of one of its partitions is
+queued or running, whoever launched it, or while a backfill that targets it is in progress:
+the automation requests nothing for a busy collection, since that work will change what is
+stale. Backfills are read with ``DagsterInstance.get_backfills``; Dagster has no public
+Python type for them (the UI reads them through GraphQL), hence the two imports from
+``dagster._core.execution.backfill``. A tick reads this before its requests are launched:
+a backfill launched in between can still overlap that one tick's requests.
 """
 
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    MultiPartitionKey,
+    RunsFilter,
+)
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from .core.analyse import ROW_VERSION
 from .partitions import SHARD_KEYS, shard_partition_key
@@ -94,3 +111,59 @@ def collection_states(instance: DagsterInstance, collections: list[str]) -> dict
         if c in reports:
             state.report_storage_id = reports[c].storage_id
     return states
+
+
+#: Runs that will still do work: queued, starting, running (or suspended), being cancelled.
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUSPENDED,
+    DagsterRunStatus.CANCELING,
+]
+#: Backfills that may still launch runs, or are cancelling theirs.
+BACKFILL_IN_PROGRESS = [
+    BulkActionStatus.REQUESTED,
+    BulkActionStatus.CANCELING,
+    BulkActionStatus.FAILING,
+]
+
+
+def _collection_of(partition_key: str) -> str:
+    """The collection of a ``collections`` or ``collection_shards`` partition key."""
+    if isinstance(partition_key, MultiPartitionKey):
+        return partition_key.keys_by_dimension["collection"]
+    return partition_key.split("|", 1)[0]  # "holidays|s007": dimensions in name order
+
+
+def busy_collections(instance: DagsterInstance, collections: list[str]) -> dict[str, str]:
+    """collection -> why it is busy (a run in flight, a backfill in progress), for the
+    collections of ``collections`` that are."""
+    wanted = set(collections)
+    busy: dict[str, str] = {}
+    for backfill in instance.get_backfills(
+        filters=BulkActionsFilter(statuses=BACKFILL_IN_PROGRESS)
+    ):
+        why = f"backfill {backfill.backfill_id} is in progress"
+        if backfill.partition_names is not None:  # a job backfill
+            targeted = {_collection_of(k) for k in backfill.partition_names}
+        elif backfill.asset_backfill_data is not None:  # an asset backfill (UI, CLI)
+            targeted = {
+                _collection_of(p.partition_key)
+                for p in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()
+                if p.partition_key is not None
+            }
+        else:  # stored in a form this reader does not know: assume it targets everything
+            targeted = wanted
+        for c in sorted(targeted & wanted):
+            busy.setdefault(c, why)
+    for run in instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT)):
+        partition = run.tags.get("dagster/partition")
+        if partition is None:
+            continue
+        c = run.tags.get("dagster/partition/collection") or _collection_of(partition)
+        if c in wanted:
+            status = run.status.value.lower()
+            busy.setdefault(c, f"{run.job_name} run {run.run_id[:8]} for {partition} is {status}")
+    return busy

@@ -4,11 +4,14 @@ instance, and the runs they request executed as the daemon would (the jobs of `d
 from __future__ import annotations
 
 import datetime
+import time
 
 import duckdb
 from dagster import (
     DagsterInstance,
+    DagsterRunStatus,
     Definitions,
+    RunRequest,
     SkipReason,
     build_schedule_context,
     build_sensor_context,
@@ -113,3 +116,97 @@ def _scenario(root, out, db, defs, instance):
     # a rescan that finds nothing new requests nothing more
     _execute(defs, instance, inventory_rescan_schedule(context))
     assert _progress(instance) == []
+
+
+def test_nothing_is_requested_for_a_collection_a_run_or_a_backfill_is_working_on(tmp_path):
+    """A queued run of one shard, or a backfill in progress, makes its collection busy: the
+    progress sensor and the rescan request nothing for it (the other collection goes on);
+    once that work has ended, the collection's missing runs are requested."""
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+
+    from dedup_assets.partitions import collection_shards_partitions
+    from dedup_assets.state import busy_collections
+
+    root, out = tmp_path / "src", tmp_path / "out"
+    for name in ("alpha", "beta"):
+        (root / name).mkdir(parents=True)
+        (root / name / "camera.jpg").write_bytes(_jpeg(load_photo("camera")))
+    resources = build_resources(
+        source_root=str(root), output_root=str(out), database=str(out / "results.duckdb")
+    )
+    defs = Definitions(assets=ALL_ASSETS, jobs=JOBS, resources=resources)
+    home = tmp_path / "dagster"
+    home.mkdir()
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    instance.add_dynamic_partitions("collections", ["alpha", "beta"])
+    _execute(defs, instance, [RunRequest(partition_key=c) for c in ("alpha", "beta")])
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime.datetime(2026, 1, 1, 3)
+    )
+
+    def requested():
+        by_collection = {}
+        for r in _progress(instance):
+            by_collection.setdefault(r.partition_key.split("|")[0], []).append(r.job_name)
+        return by_collection
+
+    # a stage-1 run of alpha is running (launched by a person, say)
+    queued = instance.create_run_for_job(
+        defs.resolve_job_def("stage1_job"),
+        status=DagsterRunStatus.STARTED,
+        tags=collection_shards_partitions.get_tags_for_partition_key("alpha|s001"),
+    )
+    assert busy_collections(instance, ["alpha", "beta"]) == {
+        "alpha": f"stage1_job run {queued.run_id[:8]} for alpha|s001 is started"
+    }
+    assert requested() == {"beta": ["stage1_job"] * N_SHARDS}
+    assert [r.partition_key for r in inventory_rescan_schedule(context)] == ["beta"]
+
+    # it ends: every stale shard of alpha is requested
+    instance.report_run_canceled(queued)
+    assert busy_collections(instance, ["alpha", "beta"]) == {}
+    assert requested() == {c: ["stage1_job"] * N_SHARDS for c in ("alpha", "beta")}
+
+    # a backfill of beta (the whole graph, as the UI and `dedup-assets backfill` launch it)
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id="bf-beta",
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=["beta"],
+        asset_selection=[a.key for a in ALL_ASSETS],
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    assert busy_collections(instance, ["alpha", "beta"]) == {
+        "beta": "backfill bf-beta is in progress"
+    }
+    assert requested() == {"alpha": ["stage1_job"] * N_SHARDS}
+    assert [r.partition_key for r in inventory_rescan_schedule(context)] == ["alpha"]
+    instance.add_backfill(
+        PartitionBackfill.from_asset_partitions(
+            backfill_id="bf-both",
+            asset_graph=defs.resolve_asset_graph(),
+            partition_names=["alpha", "beta"],
+            asset_selection=[a.key for a in ALL_ASSETS],
+            backfill_timestamp=time.time(),
+            tags={},
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=None,
+        )
+    )
+    skipped = dedup_progress_sensor(build_sensor_context(instance=instance))
+    assert isinstance(skipped, SkipReason) and "bf-both" in skipped.skip_message
+    assert isinstance(inventory_rescan_schedule(context), SkipReason)
+
+    # both backfills end: the sensor takes over what is stale
+    for b in instance.get_backfills():
+        instance.update_backfill(b.with_status(BulkActionStatus.COMPLETED_FAILED))
+    assert requested() == {c: ["stage1_job"] * N_SHARDS for c in ("alpha", "beta")}
