@@ -11,10 +11,10 @@ request exactly the missing runs.
 A collection is *busy* (:func:`busy_collections`) while a run of one of its partitions is
 queued or running, whoever launched it, or while a backfill that targets it is in progress:
 the automation requests nothing for a busy collection, since that work will change what is
-stale. Backfills are read with ``DagsterInstance.get_backfills``; Dagster has no public
-Python type for them (the UI reads them through GraphQL), hence the two imports from
-``dagster._core.execution.backfill``. A tick reads this before its requests are launched:
-a backfill launched in between can still overlap that one tick's requests.
+stale. Backfills are read with ``DagsterInstance.get_backfills`` (the most recent ones, their
+status compared by value: Dagster exports no public type for them). A tick reads this
+before its requests are launched: a backfill launched in between can still overlap that one
+tick's requests.
 """
 
 from dataclasses import dataclass, field
@@ -28,7 +28,6 @@ from dagster import (
     MultiPartitionKey,
     RunsFilter,
 )
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from .core.analyse import ROW_VERSION
 from .partitions import SHARD_KEYS, shard_partition_key
@@ -123,11 +122,10 @@ IN_FLIGHT = [
     DagsterRunStatus.CANCELING,
 ]
 #: Backfills that may still launch runs, or are cancelling theirs.
-BACKFILL_IN_PROGRESS = [
-    BulkActionStatus.REQUESTED,
-    BulkActionStatus.CANCELING,
-    BulkActionStatus.FAILING,
-]
+#: backfill statuses (``BulkActionStatus`` values) whose runs may still be launched or running
+BACKFILL_IN_PROGRESS = frozenset({"REQUESTED", "CANCELING", "FAILING"})
+#: backfills read per tick, newest first: one in progress is among the recent ones
+RECENT_BACKFILLS = 200
 
 
 def _collection_of(partition_key: str) -> str:
@@ -142,9 +140,9 @@ def busy_collections(instance: DagsterInstance, collections: list[str]) -> dict[
     collections of ``collections`` that are."""
     wanted = set(collections)
     busy: dict[str, str] = {}
-    for backfill in instance.get_backfills(
-        filters=BulkActionsFilter(statuses=BACKFILL_IN_PROGRESS)
-    ):
+    for backfill in instance.get_backfills(limit=RECENT_BACKFILLS):
+        if backfill.status.value not in BACKFILL_IN_PROGRESS:
+            continue
         why = f"backfill {backfill.backfill_id} is in progress"
         if backfill.partition_names is not None:  # a job backfill
             targeted = {_collection_of(k) for k in backfill.partition_names}
