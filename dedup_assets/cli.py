@@ -205,6 +205,22 @@ def _summary(rows: list[dict], seconds: float, copies: str, report: str, shards:
     )
 
 
+def report_failure(result) -> int:
+    """Say why a Dagster run failed; the exit code: 2 for a configuration error met by an
+    asset (one line, see ``assets.fail_fast``), else 1 (the failures' messages)."""
+    for event in result.all_events:
+        failure = event.step_failure_data.user_failure_data if event.is_step_failure else None
+        kind = getattr((failure.metadata if failure else {}).get("error"), "value", None)
+        if kind == "configuration":
+            _say(failure.description)
+            return 2
+    for event in result.all_events:
+        if event.is_failure:
+            print(event.message, file=sys.stderr)
+    print("dedup-assets: the run failed", file=sys.stderr)
+    return 1
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .core.report import REPORT_NAME
 
@@ -223,16 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             state=state,
         )
     if not result.success:
-        for event in result.all_events:
-            failure = event.step_failure_data.user_failure_data if event.is_step_failure else None
-            if failure is not None and "error" in failure.metadata:  # assets.fail_fast
-                _say(failure.description)
-                return 2
-        for event in result.all_events:
-            if event.is_failure:
-                print(event.message, file=sys.stderr)
-        print("dedup-assets: the run failed", file=sys.stderr)
-        return 1
+        return report_failure(result)
     seconds = time.perf_counter() - start
     if azure:
         store, name = azure_target(args.source, args.output)

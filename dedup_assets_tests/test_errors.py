@@ -24,7 +24,7 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 
 from dedup_assets.assets import blob_inventory
 from dedup_assets.azurite import free_port
-from dedup_assets.cli import main
+from dedup_assets.cli import main, report_failure
 from dedup_assets.core.azure_store import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -191,9 +191,9 @@ def test_retries_stop_at_the_time_bound(azurite, service, caplog):
 # --------------------------------------------------------------------------- Dagster, CLI
 
 
-def test_an_asset_with_a_configuration_error_is_not_retried(tmp_path):
+def test_an_asset_with_a_configuration_error_is_not_retried(tmp_path, capsys):
     """STORE_RETRY would retry the asset 3 times (5 s, 10 s, 20 s); a Failure with
-    allow_retries=False fails it at the first attempt."""
+    allow_retries=False fails it at the first attempt, and the CLI says it in one line."""
     (tmp_path / "src" / COLLECTION).mkdir(parents=True)
     (tmp_path / "a-file").write_text("a regular file where the output folder should be")
     instance = DagsterInstance.ephemeral()
@@ -218,6 +218,9 @@ def test_an_asset_with_a_configuration_error_is_not_retried(tmp_path):
     data = failure.step_failure_data.user_failure_data
     assert data.description.startswith("cannot write the output folder ")
     assert "a-file is a file" in data.description
+    capsys.readouterr()
+    assert report_failure(result) == 2
+    assert capsys.readouterr().err == f"dedup-assets: {data.description}\n"
 
 
 def test_cli_configuration_errors_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

@@ -106,24 +106,29 @@ PROBE_PREFIX = ".dedup-probe-"
 
 
 def probe_folder(folder: Path, what: str) -> None:
-    """Create ``folder`` if needed and write and delete a probe file in it, else raise
-    :class:`ConfigurationError` naming ``what`` (e.g. "the output folder") and the cause.
+    """Raise :class:`ConfigurationError` naming ``what`` (e.g. "the output folder") unless
+    ``folder`` can be written: a probe file is written and deleted in it, or, when it does not
+    exist yet, in its nearest existing parent (where it would be created). Nothing is left
+    behind, not even the folder.
 
     A real write, not a permission check: as root, modes do not stop a write, but a read-only
     file system or a regular file in the path does.
     """
-    probe = folder / f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"cannot write {what} {folder}: {existing} is a file, not a folder: choose another folder"
+        )
+    probe = existing / f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"probe")
         probe.unlink()
     except OSError as exc:
-        cause = exc.strerror or type(exc).__name__
-        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is not None and not existing.is_dir():
-            cause += f": {existing} is a file"
+        where = "" if existing == folder else f" in {existing}"
         raise ConfigurationError(
-            f"cannot write {what} {folder} ({cause}): choose a writable folder"
+            f"cannot write {what} {folder} ({exc.strerror or type(exc).__name__}{where}): "
+            "choose a writable folder"
         ) from None
 
 
