@@ -10,6 +10,7 @@ the result into a polars frame stored in DuckDB by the IO manager. Every table h
 """
 
 
+import functools
 import io
 from typing import Any
 
@@ -43,6 +44,7 @@ from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
+from .core.store import ConfigurationError
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
 from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
@@ -58,10 +60,29 @@ from .partitions import (
 )
 from .resources import EmbedderResource, ImageStoreResource, OverridesResource
 
-#: Assets that call the image store (Azure or a folder) retry transient failures.
+#: Assets that call the image store (Azure or a folder) retry transient failures; they are
+#: also :func:`fail_fast`, so that a configuration error is not retried.
 STORE_RETRY = RetryPolicy(
     max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
+
+
+def fail_fast(fn):
+    """The asset fails at once, without STORE_RETRY's retries, on a :class:`ConfigurationError`
+    (a setting or a permission to fix): a ``Failure(allow_retries=False)`` whose description
+    is the error's one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigurationError as exc:
+            raise Failure(
+                description=str(exc), metadata={"error": "configuration"}, allow_retries=False
+            ) from None
+
+    return wrapper
+
 
 PARTITIONED = dict(
     partitions_def=collections_partitions,
@@ -103,6 +124,7 @@ INVENTORY_BATCH = 20_000
 
 
 @asset(**PARTITIONED, retry_policy=STORE_RETRY)
+@fail_fast
 def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) -> pl.DataFrame:
     """One row per image file of the collection (recognised by extension or content), with
     the shard that analyses it; per-shard fingerprints go to the metadata.
@@ -181,6 +203,7 @@ STAGE1_SCHEMA = schemas.STAGE1_ROW
         )
     },
 )
+@fail_fast
 def wavelet_hashes(
     context: AssetExecutionContext,
     config: HashingConfig,
@@ -387,6 +410,7 @@ class GlobalConfig(Config):
 
 
 @asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@fail_fast
 def global_groups(
     context: AssetExecutionContext,
     config: GlobalConfig,
@@ -533,6 +557,7 @@ class LocalConfig(Config):
 
 
 @asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@fail_fast
 def local_groups(
     context: AssetExecutionContext,
     config: LocalConfig,
@@ -674,6 +699,7 @@ def best_selection(
 
 
 @asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@fail_fast
 def deduplicated_files(
     context: AssetExecutionContext,
     store: ImageStoreResource,
@@ -723,6 +749,7 @@ def deduplicated_files(
 
 
 @asset(**COLLECTION_LEVEL, retry_policy=STORE_RETRY, ins={"wavelet_hashes": ALL_SHARDS})
+@fail_fast
 def image_report(
     context: AssetExecutionContext,
     store: ImageStoreResource,
@@ -799,6 +826,7 @@ def _stage_thresholds(context: AssetExecutionContext, pairs: pl.DataFrame) -> ga
     },
     deps=["deduplicated_files"],
 )
+@fail_fast
 def review_gallery(
     context: AssetExecutionContext,
     config: GalleryConfig,

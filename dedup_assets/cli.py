@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import sys
 import time
 from collections import Counter
@@ -64,8 +65,7 @@ def run_collection(
     state: Path | None = None,
 ):
     """Materialise every asset for ``source`` as one collection; returns a ``CollectionRun``."""
-    from .core.store import collection_slug
-    from .definitions import build_resources
+    from .core.store import LocalFolderStore, collection_slug, probe_folder
 
     source, out = source.resolve(), out.resolve()
     if not source.is_dir():
@@ -78,6 +78,11 @@ def run_collection(
             "the source collection is never written to"
         )
     state = state or _state_dir(out)
+    # ConfigurationError (exit 2) in a second, before Dagster is even imported
+    LocalFolderStore(str(source.parent), str(out)).preflight(source.name)
+    probe_folder(state, "the state folder (--state)")
+    from .definitions import build_resources
+
     resources = build_resources(
         source_root=str(source.parent),
         output_root=str(out),
@@ -147,11 +152,14 @@ def run_azure_collection(
     run_config: dict | None = None,
 ):
     """Materialise every asset for the Azure prefix ``source`` (``az://CONTAINER/PREFIX``)."""
-    from .core.store import collection_slug
+    from .core.store import collection_slug, probe_folder
     from .definitions import build_resources
 
     store, name = azure_target(source, output)
+    with store.process_config_and_initialize_cm() as ready:  # EnvVars resolved
+        ready.get_store().preflight(name)  # ConfigurationError: exit 2, before any Dagster run
     state = (state or default_azure_state(source)).resolve()
+    probe_folder(state, "the state folder (--state)")
     resources = build_resources(
         store=store, database=str(state / "dedup_assets.duckdb"), embedder=embedder
     )
@@ -209,6 +217,22 @@ def _summary(
     )
 
 
+def report_failure(result) -> int:
+    """Say why a Dagster run failed; the exit code: 2 for a configuration error met by an
+    asset (one line, see ``assets.fail_fast``), else 1 (the failures' messages)."""
+    for event in result.all_events:
+        failure = event.step_failure_data.user_failure_data if event.is_step_failure else None
+        kind = getattr((failure.metadata if failure else {}).get("error"), "value", None)
+        if kind == "configuration":
+            _say(failure.description)
+            return 2
+    for event in result.all_events:
+        if event.is_failure:
+            print(event.message, file=sys.stderr)
+    print("dedup-assets: the run failed", file=sys.stderr)
+    return 1
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .core.report import REPORT_NAME
 
@@ -227,11 +251,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             state=state,
         )
     if not result.success:
-        for event in result.all_events:
-            if event.is_failure:
-                print(event.message, file=sys.stderr)
-        print("dedup-assets: the run failed", file=sys.stderr)
-        return 1
+        return report_failure(result)
     seconds = time.perf_counter() - start
     if azure:
         store, name = azure_target(args.source, args.output)
@@ -375,8 +395,34 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("options", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(fn=_cmd_bench)
 
+    from .core.store import ConfigurationError, StoreError
+
     args = parser.parse_args(argv)
-    return args.fn(args)
+    _show_warnings()
+    try:
+        return args.fn(args)
+    except ConfigurationError as exc:  # a setting or permission to fix: one line, status 2
+        _say(str(exc))
+        return 2
+    except StoreError as exc:  # e.g. the store still unreachable after the retries
+        _say(str(exc))
+        return 1
+
+
+class _Warnings(logging.Handler):
+    """One ``dedup-assets: warning: …`` line on stderr per warning of the project's loggers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _say(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+def _show_warnings() -> None:
+    """The project's warnings (e.g. each Azure retry, with what and how long) on stderr."""
+    logger = logging.getLogger("dedup_assets")
+    if not any(isinstance(h, _Warnings) for h in logger.handlers):
+        logger.addHandler(_Warnings(logging.WARNING))
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ file; both are set by environment variables (see README):
   the account from ``AZURE_STORAGE_CONNECTION_STRING``, or ``DEDUP_AZURE_ACCOUNT_URL`` with
   ``AZURE_STORAGE_KEY``, ``AZURE_STORAGE_SAS_TOKEN`` or else DefaultAzureCredential; limits
   ``DEDUP_AZURE_MAX_CONCURRENCY``, ``DEDUP_AZURE_MAX_MB_IN_FLIGHT``, ``DEDUP_AZURE_RETRY_TOTAL``,
-  ``DEDUP_AZURE_RETRY_BACKOFF_S``. Secrets are passed as ``EnvVar``, never as values.
+  ``DEDUP_AZURE_RETRY_BACKOFF_S``, ``DEDUP_AZURE_RETRY_TIMEOUT_S``. Secrets are passed as ``EnvVar``, never as values.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def azure_store_from_env(
         max_mb_in_flight=int(env.get("DEDUP_AZURE_MAX_MB_IN_FLIGHT", 256)),
         retry_total=int(env.get("DEDUP_AZURE_RETRY_TOTAL", 10)),
         retry_backoff_s=float(env.get("DEDUP_AZURE_RETRY_BACKOFF_S", 1.0)),
+        retry_total_timeout_s=float(env.get("DEDUP_AZURE_RETRY_TIMEOUT_S", 300.0)),
     )
     if env.get("AZURE_STORAGE_CONNECTION_STRING"):
         return AzureBlobStoreResource(

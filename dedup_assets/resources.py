@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr
 from .core import overrides
 from .core.azure_store import MiB, AzureAuth, AzureBlobStore, AzureLimits, strip_query
 from .core.embeddings import Embedder, load_embedder
-from .core.store import ImageStore, LocalFolderStore, StoreError, collection_slug
+from .core.store import ConfigurationError, ImageStore, LocalFolderStore, collection_slug
 
 
 class ImageStoreResource(ConfigurableResource, ABC):
@@ -27,13 +27,17 @@ class ImageStoreResource(ConfigurableResource, ABC):
     def get_store(self) -> ImageStore: ...
 
     def resolve_collection(self, partition_key: str) -> str:
-        """The real prefix of the collection whose partition key is ``partition_key``."""
+        """The real prefix of the collection whose partition key is ``partition_key``, once
+        the store's :meth:`~dedup_assets.core.store.ImageStore.preflight` says it can be read
+        and its output written (every asset using the store calls this first, so a mistake
+        fails in seconds with a :class:`ConfigurationError`)."""
         store = self.get_store()
         matches = [c for c in store.list_collections() if collection_slug(c) == partition_key]
         if not matches:
-            raise StoreError(
+            raise ConfigurationError(
                 f"no collection with partition key {partition_key!r} in {store.describe()}"
             )
+        store.preflight(matches[0])
         return matches[0]
 
 
@@ -85,13 +89,18 @@ class AzureBlobStoreResource(ImageStoreResource):
     retry_total: int = Field(default=10, description="Retries per request.")
     retry_backoff_s: float = Field(default=1.0, description="First retry backoff (doubles, jittered).")
     retry_backoff_max_s: float = Field(default=60.0, description="Longest backoff between retries.")
+    retry_total_timeout_s: float = Field(
+        default=300.0, description="Longest time one request may spend in retries."
+    )
     copy_timeout_s: float = Field(default=900.0, description="Longest wait for one server-side copy.")
 
     def auth(self) -> AzureAuth:
         if self.connection_string:
             return AzureAuth.from_connection_string(self.connection_string)
         if self.azure is None:
-            raise StoreError("the Azure store needs `azure` (account URL + credential) or a connection string")
+            raise ConfigurationError(
+                "the Azure store needs `azure` (account URL + credential) or a connection string"
+            )
         url, cred = self.azure.account_url, self.azure.credential
         kind = cred.credential_type
         if kind == "key":
@@ -113,6 +122,7 @@ class AzureBlobStoreResource(ImageStoreResource):
             retry_total=self.retry_total,
             retry_backoff=self.retry_backoff_s,
             retry_backoff_max=self.retry_backoff_max_s,
+            retry_total_timeout=self.retry_total_timeout_s,
             copy_timeout=self.copy_timeout_s,
         )
 

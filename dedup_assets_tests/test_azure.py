@@ -298,7 +298,8 @@ def test_env_selects_azure_and_sensor_discovers_prefixes(env, azurite, uploaded,
             [request] = collection_discovery_sensor(ctx).dynamic_partitions_requests
         assert sorted(request.partition_keys) == ["others", "photos"]
     monkeypatch.setenv("DEDUP_AZURE_COLLECTIONS", "photos")
-    assert store_from_env().get_store().list_collections() == ["photos"]
+    with store_from_env().process_config_and_initialize_cm() as ready:  # EnvVars resolved
+        assert ready.get_store().list_collections() == ["photos"]
 
 
 def test_store_details(azurite, service, uploaded):

@@ -16,12 +16,15 @@ each process builds its own SDK client, request slots and byte budget on first u
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import mimetypes
 import os
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,13 +34,20 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .azure_retry import ThrottleAwareRetry
+from .azure_retry import (
+    DEFAULT_TOTAL_TIMEOUT,
+    ThrottleAwareRetry,
+    describe_failure,
+    unresolved_host,
+)
 from .content import content_hash as content_hash_of
 from .store import (
     DEDUP_SUFFIX,
     IMAGE_EXTENSIONS,
+    PROBE_PREFIX,
     SNIFF_BYTES,
     BlobInfo,
+    ConfigurationError,
     ImageStore,
     StoreError,
     _safe_relative,
@@ -53,6 +63,15 @@ HASH_METADATA = "dedup_content_xxh3"
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+#: The settings of an Azure Storage connection string (lower case).
+CONNECTION_STRING_KEYS = frozenset(
+    {
+        "defaultendpointsprotocol", "accountname", "accountkey", "endpointsuffix",
+        "sharedaccesssignature", "blobendpoint", "queueendpoint", "fileendpoint",
+        "tableendpoint", "dfsendpoint", "usedevelopmentstorage", "developmentstorageproxyuri",
+    }
 )
 
 _SECRET_PATTERNS = (
@@ -107,21 +126,46 @@ class AzureAuth:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        """Settings checked before any request; mistakes raise :class:`ConfigurationError`."""
         if self.kind not in ("key", "sas", "default", "anonymous"):
-            raise ValueError(f"unknown Azure credential kind {self.kind!r}")
+            raise ConfigurationError(f"unknown Azure credential kind {self.kind!r}")
         if self.kind in ("key", "sas") and not self.secret:
-            raise ValueError(f"an Azure {self.kind} credential needs its secret")
+            raise ConfigurationError(f"the Azure {self.kind} credential is empty")
+        parts = urlsplit(self.account_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(
+                f"the account URL {strip_query(self.account_url)!r} is not "
+                "https://<account>.blob.core.windows.net: check DEDUP_AZURE_ACCOUNT_URL or the "
+                "connection string's BlobEndpoint / DefaultEndpointsProtocol"
+            )
+        if self.kind == "key":
+            try:
+                base64.b64decode(self.secret, validate=True)
+            except (binascii.Error, ValueError):
+                raise ConfigurationError(
+                    "the account key is not valid base64: copy it again from the storage "
+                    "account's access keys (AccountKey of the connection string, or AZURE_STORAGE_KEY)"
+                ) from None
 
     @classmethod
     def from_connection_string(cls, conn: str) -> AzureAuth:
-        """Parse an Azure Storage connection string (key or SAS; ``UseDevelopmentStorage``)."""
+        """Parse an Azure Storage connection string (key or SAS; ``UseDevelopmentStorage``).
+
+        Mistakes raise :class:`ConfigurationError` naming what is wrong, never a value."""
         parts: dict[str, str] = {}
-        for item in conn.strip().split(";"):
-            if item.strip():
-                k, sep, v = item.partition("=")
-                if not sep:
-                    raise ValueError("malformed Azure Storage connection string")
-                parts[k.strip().lower()] = v.strip()
+        items = [item for item in conn.strip().split(";") if item.strip()]
+        for n, item in enumerate(items, 1):
+            k, sep, v = item.partition("=")
+            if not sep or k.strip().lower() not in CONNECTION_STRING_KEYS:
+                # the item is not named: it may be a secret pasted in the wrong place
+                raise ConfigurationError(
+                    f"AZURE_STORAGE_CONNECTION_STRING is malformed: item {n} of {len(items)} is "
+                    "not Name=Value with a known name (expected DefaultEndpointsProtocol=https;"
+                    "AccountName=…;AccountKey=…;EndpointSuffix=core.windows.net, or "
+                    "BlobEndpoint=…;SharedAccessSignature=…, as the portal gives it)"
+                )
+            parts[k.strip().lower()] = v.strip()
+        found = ", ".join(k.strip().partition("=")[0].strip() for k in items)
         if parts.get("usedevelopmentstorage", "").lower() == "true":
             return cls(
                 "http://127.0.0.1:10000/" + AZURITE_ACCOUNT, "key", AZURITE_KEY, AZURITE_ACCOUNT
@@ -130,7 +174,10 @@ class AzureAuth:
         url = parts.get("blobendpoint")
         if not url:
             if not name:
-                raise ValueError("the connection string has neither BlobEndpoint nor AccountName")
+                raise ConfigurationError(
+                    "AZURE_STORAGE_CONNECTION_STRING has neither AccountName nor BlobEndpoint "
+                    f"(it has: {found})"
+                )
             proto = parts.get("defaultendpointsprotocol", "https")
             suffix = parts.get("endpointsuffix", "core.windows.net")
             url = f"{proto}://{name}.blob.{suffix}"
@@ -138,7 +185,10 @@ class AzureAuth:
             return cls(strip_query(url), "key", parts["accountkey"], name)
         if parts.get("sharedaccesssignature"):
             return cls(strip_query(url), "sas", parts["sharedaccesssignature"].lstrip("?"), name)
-        raise ValueError("the connection string has neither AccountKey nor SharedAccessSignature")
+        raise ConfigurationError(
+            "AZURE_STORAGE_CONNECTION_STRING has neither AccountKey nor SharedAccessSignature "
+            f"(it has: {found})"
+        )
 
     def credential(self) -> Any:
         if self.kind == "key":
@@ -173,15 +223,18 @@ class AzureLimits:
     retry_total: int = 10
     retry_backoff: float = 1.0
     retry_backoff_max: float = 60.0
+    retry_total_timeout: float = DEFAULT_TOTAL_TIMEOUT
     connect_timeout: float = 20.0
     read_timeout: float = 120.0
     copy_timeout: float = 900.0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1 or self.page_size < 1 or self.retry_total < 0:
-            raise ValueError("Azure limits must be positive")
+            raise ConfigurationError("Azure limits must be positive")
+        if self.retry_total_timeout <= 0:
+            raise ConfigurationError("retry_total_timeout_s must be positive")
         if self.max_bytes_in_flight < self.chunk_bytes:
-            raise ValueError("max_bytes_in_flight must be at least chunk_bytes")
+            raise ConfigurationError("max_bytes_in_flight must be at least chunk_bytes")
 
 
 class _ByteBudget:
@@ -252,6 +305,7 @@ def _make_service(auth: AzureAuth, limits: AzureLimits):
             retry_total=limits.retry_total,
             backoff=limits.retry_backoff,
             backoff_max=limits.retry_backoff_max,
+            total_timeout=limits.retry_total_timeout,
         ),
         transport=RequestsTransport(session=session, session_owner=True),
         connection_timeout=limits.connect_timeout,
@@ -275,10 +329,58 @@ def _md5_hex(props) -> str | None:
     return bytes(md5).hex() if md5 else None
 
 
+#: 403 answers that mean "this credential is not who it claims" rather than "not allowed"
+_AUTH_CODES = frozenset({"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation"})
+
+
+def configuration_problem(exc: BaseException, account_url: str, container: str | None) -> str | None:
+    """What to fix when ``exc`` comes from a setting or a permission, not an outage; else None.
+
+    - a host that does not exist (DNS: no such name): the account name or endpoint;
+    - authentication failed (401, 403 AuthenticationFailed, a key that cannot sign, no
+      credential available): the key, SAS token or login;
+    - any other 403: a permission the credential lacks;
+    - 404 ContainerNotFound: the container.
+    """
+    from azure.core.exceptions import ClientAuthenticationError
+
+    account = strip_query(account_url)
+    if unresolved_host(exc):
+        host = urlsplit(account_url).hostname
+        return (
+            f"the storage account host {host} does not exist (DNS: no such name): check the "
+            "account name or endpoint (AZURE_STORAGE_CONNECTION_STRING or DEDUP_AZURE_ACCOUNT_URL)"
+        )
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    code = str(getattr(code, "value", code) or "")
+    if status == 404 and code == "ContainerNotFound":
+        return (
+            f"the container {container!r} does not exist in {account}: create it, or fix the "
+            "container name (az://CONTAINER/…, DEDUP_AZURE_CONTAINER, DEDUP_AZURE_OUTPUT_CONTAINER)"
+        )
+    answer = " ".join(str(x) for x in (status, code) if x) or _short(exc)
+    if status == 401 or code in _AUTH_CODES or (
+        isinstance(exc, ClientAuthenticationError) and status is None
+    ) or (status == 403 and "authenticate" in str(getattr(exc, "message", "") or exc)):
+        return (
+            f"authentication to {account} failed ({answer}): check the account key, the "
+            "SAS token (and its expiry) or the Azure login"
+        )
+    if status == 403:
+        return (
+            f"the credential is not allowed to do this in {account} ({answer}): grant it "
+            "the permissions listed under 'Least privilege' in the README"
+        )
+    return None
+
+
 def _short(exc: BaseException) -> str:
     code = getattr(exc, "error_code", None)
     code = getattr(code, "value", code)
     status = getattr(exc, "status_code", None)
+    if status is None and code is None:
+        return describe_failure(exc)
     first = (str(getattr(exc, "reason", None) or exc).strip().splitlines() or [""])[0]
     head = " ".join(str(x) for x in (status, code) if x)
     return f"{type(exc).__name__} {head}: {first}".replace("  ", " ") if head else f"{type(exc).__name__}: {first}"
@@ -353,8 +455,47 @@ class AzureBlobStore(ImageStore):
     def _blob(self, container: str, name: str):
         return self._rt().service.get_blob_client(container, name)
 
-    def _error(self, what: str, exc: BaseException) -> StoreError:
+    def _error(self, what: str, exc: BaseException, container: str | None = None) -> StoreError:
+        """The error to raise: a :class:`ConfigurationError` saying what to fix when ``exc``
+        comes from a setting or a permission (:func:`configuration_problem`), else a
+        :class:`StoreError`; secrets redacted."""
+        problem = configuration_problem(exc, self.auth.account_url, container or self.container)
+        if problem:
+            return ConfigurationError(redact(f"{what}: {problem}", self.auth.secret))
         return StoreError(redact(f"{what}: {_short(exc)}", self.auth.secret))
+
+    def preflight(self, collection: str) -> None:
+        """One listing page of the collection (account, DNS, credential, container, list
+        permission), one byte of its first blob (read permission), and a probe blob written
+        and deleted in its output folder (output container, write and delete permission)."""
+        from azure.core.exceptions import AzureError
+
+        base = self.source_prefix(collection) + "/"
+        where = f"az://{self.container}/{base}"
+        try:
+            client = self._rt().service.get_container_client(self.container)
+            pages = client.list_blobs(name_starts_with=base, results_per_page=1).by_page()
+            first = next(iter(next(pages, [])), None)
+        except AzureError as exc:
+            raise self._error(f"cannot list {where}", exc) from None
+        if first is None:
+            raise ConfigurationError(
+                f"there is no blob under {where} in {strip_query(self.auth.account_url)}: "
+                "check the container and the prefix"
+            )
+        try:
+            if first.size:
+                self._blob(self.container, first.name).download_blob(offset=0, length=1).readall()
+        except AzureError as exc:
+            raise self._error(f"cannot read az://{self.container}/{first.name}", exc) from None
+        probe = self._output_name(collection, f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        where = f"az://{self._out_container}/{probe}"
+        try:
+            blob = self._blob(self._out_container, probe)
+            blob.upload_blob(b"probe", overwrite=True)
+            blob.delete_blob()
+        except AzureError as exc:
+            raise self._error(f"cannot write {where}", exc, self._out_container) from None
 
     def describe(self) -> str:
         return redact(
@@ -473,10 +614,11 @@ class AzureBlobStore(ImageStore):
                     )
                 with rt.budget.hold(stream.size):
                     return stream.readall()
-            except ResourceNotFoundError:
-                raise StoreError(f"blob {path!r} not found in collection {collection!r}") from None
             except AzureError as exc:
-                raise self._error(f"cannot read {path!r}", exc) from None
+                error = self._error(f"cannot read {path!r}", exc)
+                if isinstance(exc, ResourceNotFoundError) and not isinstance(error, ConfigurationError):
+                    error = StoreError(f"blob {path!r} not found in collection {collection!r}")
+                raise error from None
 
     # -- copies ---------------------------------------------------------------------------
 
@@ -534,9 +676,9 @@ class AzureBlobStore(ImageStore):
                     pass  # an earlier attempt of this request may have won: verified below
                 self._wait_and_verify(dst, sp.size, src_md5 if by_md5 else None, content_hash, path)
             except ResourceNotFoundError as exc:
-                raise self._error(f"cannot copy {path!r}", exc) from None
+                raise self._error(f"cannot copy {path!r}", exc, self._out_container) from None
             except AzureError as exc:
-                raise self._error(f"cannot copy {path!r} to {dest!r}", exc) from None
+                raise self._error(f"cannot copy {path!r} to {dest!r}", exc, self._out_container) from None
         return "copied"
 
     def _wait_and_verify(self, dst, size: int, md5: str | None, content_hash: str, path: str) -> None:
@@ -600,7 +742,7 @@ class AzureBlobStore(ImageStore):
                     data, overwrite=True, content_settings=settings, max_concurrency=4
                 )
         except AzureError as exc:
-            raise self._error(f"cannot write {name!r}", exc) from None
+            raise self._error(f"cannot write {name!r}", exc, self._out_container) from None
         return f"az://{self._out_container}/{full}"
 
     def read_output(self, collection: str, name: str) -> bytes:
@@ -611,7 +753,7 @@ class AzureBlobStore(ImageStore):
             with self._rt().slots:
                 return self._blob(self._out_container, full).download_blob().readall()
         except AzureError as exc:
-            raise self._error(f"cannot read output {name!r}", exc) from None
+            raise self._error(f"cannot read output {name!r}", exc, self._out_container) from None
 
     def list_outputs(self, collection: str, folder: str) -> list[str]:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -627,7 +769,7 @@ class AzureBlobStore(ImageStore):
         except ResourceNotFoundError:
             return []
         except AzureError as exc:
-            raise self._error(f"cannot list outputs of {collection!r}", exc) from None
+            raise self._error(f"cannot list outputs of {collection!r}", exc, self._out_container) from None
 
     def delete_output(self, collection: str, dest: str) -> None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -639,4 +781,4 @@ class AzureBlobStore(ImageStore):
         except ResourceNotFoundError:
             pass  # already gone (or an earlier attempt of this request deleted it)
         except AzureError as exc:
-            raise self._error(f"cannot delete output {dest!r}", exc) from None
+            raise self._error(f"cannot delete output {dest!r}", exc, self._out_container) from None

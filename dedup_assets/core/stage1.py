@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 
 from .analyse import DEFAULT_TARGET_SIDE, analyse_bytes, empty_row
 from .parallel import DEFAULT_READ_AHEAD, map_reading
-from .store import ImageStore
+from .store import ConfigurationError, ImageStore
 
 __all__ = ["DEFAULT_READ_AHEAD", "analyse_collection", "analyse_path"]
 
@@ -27,6 +27,8 @@ def analyse_path(
     """The row of one path: read, then analyse (a failed read is an error row)."""
     try:
         data = store.read_bytes(collection, path)
+    except ConfigurationError:
+        raise  # a setting or permission to fix (e.g. an expired SAS): not this file's error
     except Exception as exc:  # noqa: BLE001 - every file must get a row
         row = empty_row()
         row.update(status="error", error_reason="read_failed", error_message=f"{type(exc).__name__}: {exc}")

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -94,6 +95,46 @@ class StoreError(RuntimeError):
     """A store operation failed in a way the caller should report."""
 
 
+class ConfigurationError(StoreError):
+    """A setting or a permission the user must fix: a malformed setting, an unknown account or
+    host, a failed authentication, a missing container or folder, an output that cannot be
+    written. Retrying cannot help, so it is never retried (neither by the Azure retry policy
+    nor by the assets' RetryPolicy); its message is one line saying what to fix, without
+    secrets. The CLI prints it as ``dedup-assets: …`` and exits with status 2.
+    """
+
+
+#: Name of the small file (blob) written and deleted by :meth:`ImageStore.preflight`.
+PROBE_PREFIX = ".dedup-probe-"
+
+
+def probe_folder(folder: Path, what: str) -> None:
+    """Raise :class:`ConfigurationError` naming ``what`` (e.g. "the output folder") unless
+    ``folder`` can be written: a probe file is written and deleted in it, or, when it does not
+    exist yet, in its nearest existing parent (where it would be created). Nothing is left
+    behind, not even the folder.
+
+    A real write, not a permission check: as root, modes do not stop a write, but a read-only
+    file system or a regular file in the path does.
+    """
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigurationError(
+            f"cannot write {what} {folder}: {existing} is a file, not a folder: choose another folder"
+        )
+    probe = existing / f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"probe")
+        probe.unlink()
+    except OSError as exc:
+        where = "" if existing == folder else f" in {existing}"
+        raise ConfigurationError(
+            f"cannot write {what} {folder} ({exc.strerror or type(exc).__name__}{where}): "
+            "choose a writable folder"
+        ) from None
+
+
 class ImageStore(ABC):
     """Where images are read from and results are written to."""
 
@@ -105,6 +146,13 @@ class ImageStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A human description without secrets (for logs and metadata)."""
+
+    @abstractmethod
+    def preflight(self, collection: str) -> None:
+        """Check in seconds that ``collection`` can be listed and read and that its output
+        folder can be written (a probe written and deleted there); raise
+        :class:`ConfigurationError` saying what to fix otherwise. Run by the CLI before its
+        first Dagster run and by every asset that uses the store, at its start."""
 
     @abstractmethod
     def list_collections(self) -> list[str]:
@@ -200,9 +248,19 @@ class LocalFolderStore(ImageStore):
     def output_location(self, collection: str) -> str:
         return str(self.output_dir(collection))
 
+    def preflight(self, collection: str) -> None:
+        d = self._root.joinpath(*_safe_relative(collection).parts)
+        if not d.is_dir():
+            raise ConfigurationError(f"the collection folder {d} does not exist (or is not a folder)")
+        try:
+            os.scandir(d).close()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot list the collection folder {d} ({exc.strerror})") from None
+        probe_folder(self.output_dir(collection), "the output folder")
+
     def list_collections(self) -> list[str]:
         if not self._root.is_dir():
-            raise StoreError(f"store root {self._root} does not exist")
+            raise ConfigurationError(f"the folder of collections {self._root} does not exist")
         return sorted(
             e.name
             for e in os.scandir(self._root)
