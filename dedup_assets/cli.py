@@ -32,6 +32,13 @@ def _say(message: str) -> None:
     print(f"dedup-assets: {message}", file=sys.stderr, flush=True)
 
 
+def _interrupted(signal_name: str) -> None:
+    _say(
+        f"interrupted by {signal_name}: finished steps are kept, the one running is not; "
+        "run the same command again to resume"
+    )
+
+
 def _materialise(resources: dict, key: str, state: Path, *, workers, verbose, run_config):
     """Every asset of collection ``key`` (see :mod:`.runner`), with the Dagster instance in
     ``state/dagster``: it says which shards are already analysed, so a killed run started
@@ -400,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _show_warnings()
     try:
+        if args.command in ("run", "demo"):  # Ctrl-C, SIGTERM: stop now, resume next time
+            from .interrupt import run_stoppable
+
+            return run_stoppable(lambda: args.fn(args), _interrupted)
         return args.fn(args)
     except ConfigurationError as exc:  # a setting or permission to fix: one line, status 2
         _say(str(exc))

@@ -8,6 +8,11 @@ Workers are forked from a forkserver that has already imported the mapped functi
 module (fast pool start) and runs native libraries single-threaded (OpenBLAS/OpenMP
 threads, OpenCV): the processes are the parallelism, and nested thread pools on a busy
 machine only add contention.
+
+Workers end with the process that started their pool, however it ends (``kill -9``
+included): each watches that process and kills itself when it is gone, and the forkserver
+exits once neither of them holds its pipe (:func:`_die_with`). They ignore SIGINT: a Ctrl-C
+reaches the whole terminal's process group, and stopping is the owner's decision.
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import functools
 import itertools
 import multiprocessing as mp
 import os
+import select
+import signal
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -38,10 +47,47 @@ def _run_chunk(fn: Callable[[T], R], items: list[T]) -> list[R]:
     return [fn(item) for item in items]
 
 
+_TRACKER_QUIET = "ignore::UserWarning:multiprocessing.resource_tracker"
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
-def _init_worker() -> None:
+def _die_with(owner: int) -> None:
+    """Kill this process as soon as process ``owner`` has ended, from a daemon thread.
+
+    On Linux the thread waits on a pidfd of ``owner`` (readable once it has exited, zombie
+    or not); elsewhere it polls. ``PR_SET_PDEATHSIG`` would not do: a worker's parent is the
+    forkserver, which itself only exits once every worker has closed its pipe."""
+    try:
+        fd = os.pidfd_open(owner)
+    except ProcessLookupError:  # already gone
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux >= 5.3
+        fd = None
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+        else:  # pragma: no cover
+            while _alive(owner):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name=f"die-with-{owner}", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:  # pragma: no cover - the fallback of _die_with
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _init_worker(owner: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(owner)
     cv2 = sys.modules.get("cv2")
     if cv2 is not None:
         cv2.setNumThreads(1)
@@ -79,7 +125,10 @@ def _context(fn: Callable | None) -> mp.context.BaseContext:
         modules = list(dict.fromkeys(m for m in modules if m and m != "__main__"))
         if modules:
             ctx.set_forkserver_preload(modules)
-        with _env(**dict.fromkeys(_SINGLE_THREAD_ENV, "1")):
+        # (the resource tracker it starts unlinks the semaphores of a pool whose owner was
+        # killed; that it did so is no news to a user who stopped a run)
+        quiet = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _TRACKER_QUIET)))
+        with _env(**dict.fromkeys(_SINGLE_THREAD_ENV, "1"), PYTHONWARNINGS=quiet):
             forkserver.ensure_running()
     return ctx
 
@@ -115,8 +164,10 @@ def ordered_map(
 
 def worker_pool(workers: int, fn: Callable | None = None) -> ProcessPoolExecutor:
     """The process pool ``ordered_map`` uses (``fn``: a function whose module the workers
-    should have imported already)."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(fn), initializer=_init_worker)
+    should have imported already). Its workers end when this process ends (:func:`_die_with`)."""
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=_context(fn), initializer=_init_worker, initargs=(os.getpid(),)
+    )
 
 
 def _map_on(
