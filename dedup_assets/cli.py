@@ -39,6 +39,16 @@ def _interrupted(signal_name: str) -> None:
     )
 
 
+#: steps print straight to the terminal: capturing their output costs two helper processes
+#: per run (``tail -F`` and its watcher), which a Ctrl-C to the terminal makes print tracebacks
+_NO_LOG_CAPTURE = {
+    "compute_logs": {
+        "module": "dagster.core.storage.noop_compute_log_manager",
+        "class": "NoOpComputeLogManager",
+    }
+}
+
+
 def _materialise(resources: dict, key: str, state: Path, *, workers, verbose, run_config):
     """Every asset of collection ``key`` (see :mod:`.runner`), with the Dagster instance in
     ``state/dagster``: it says which shards are already analysed, so a killed run started
@@ -49,7 +59,8 @@ def _materialise(resources: dict, key: str, state: Path, *, workers, verbose, ru
     from .runner import materialize_collection
 
     (state / "dagster").mkdir(parents=True, exist_ok=True)
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(state / "dagster")))
+    ref = InstanceRef.from_dir(str(state / "dagster"), overrides=_NO_LOG_CAPTURE)
+    instance = DagsterInstance.from_ref(ref)
     op_config: dict = {}
     if workers:
         for name in ("wavelet_hashes", "global_groups", "local_groups"):
