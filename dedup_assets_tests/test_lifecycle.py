@@ -106,7 +106,7 @@ def _workers(tree: dict[int, Proc]) -> list[int]:
 class _Cli:
     """``dedup-assets run SRC --output OUT`` as a subprocess, its stderr collected."""
 
-    def __init__(self, source: Path, out: Path) -> None:
+    def __init__(self, source: Path, out: Path, *, own_group: bool = False) -> None:
         env = {**os.environ, "PYTHONPATH": ROOT, "DEDUP_SHARDS": str(SHARDS)}
         self.cmd = [
             sys.executable, "-m", "dedup_assets.cli", "run", str(source), "--output", str(out),
@@ -114,7 +114,8 @@ class _Cli:
         ]
         self.env = env
         self.proc = subprocess.Popen(
-            self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=own_group,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -140,12 +141,16 @@ class _Cli:
             time.sleep(0.05)
         raise AssertionError(f"no worker processes within {timeout} s:\n{self.stderr}")
 
-    def stop(self, sig: int, seen: dict) -> tuple[dict[int, Proc], float]:
-        """Send ``sig``; every process of the CLI seen (``seen`` and those running just
-        before the signal) and the seconds until the CLI ended."""
+    def stop(self, sig: int, seen: dict, *, group: bool = False) -> tuple[dict[int, Proc], float]:
+        """Send ``sig`` (``group``: to its whole process group, as a terminal's Ctrl-C does);
+        every process of the CLI seen (``seen`` and those running just before the signal)
+        and the seconds until the CLI ended."""
         tree = {**seen, **_descendants(self.proc.pid)}
         sent = time.monotonic()
-        self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -163,6 +168,32 @@ def _nothing_left(tree: dict[int, Proc], seconds: float = 5) -> None:
         if "resource_tracker" not in cmd:  # exits by itself then, unlinking its semaphores)
             os.kill(pid, signal.SIGKILL)
     assert not left, f"still running {seconds} s after the CLI ended: {left}"
+
+
+_OWNER = """
+import sys, time
+from dedup_assets.core.parallel import ordered_map
+if __name__ == "__main__":
+    for _ in ordered_map(time.sleep, [60] * 8, workers=2, chunk_size=1):
+        pass
+"""
+
+
+def test_workers_end_with_the_process_that_started_their_pool(tmp_path):
+    """Any process using ``ordered_map`` (a Dagster step process too): SIGKILL it while its
+    workers are busy for a minute, and the workers and the forkserver are gone 5 s later."""
+    script = tmp_path / "owner.py"
+    script.write_text(_OWNER)
+    owner = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        end = time.monotonic() + 120
+        while len(_workers(tree := _descendants(owner.pid))) < 2:
+            assert owner.poll() is None and time.monotonic() < end, "no workers started"
+            time.sleep(0.05)
+    finally:
+        owner.kill()
+        owner.wait()
+    _nothing_left(tree)
 
 
 def test_kill_9_leaves_no_process(busy, tmp_path):
@@ -224,3 +255,16 @@ def test_sigterm_stops_at_once_and_the_same_command_resumes(busy, tmp_path):
     assert len(inventory) > 200
     assert analysed == (len(inventory), len(inventory))  # every image once, none twice
     assert sorted(reported) == sorted(inventory)
+
+
+def test_ctrl_c_stops_at_once_without_tracebacks(busy, tmp_path):
+    """SIGINT to the CLI's whole process group (a Ctrl-C in its terminal): status 130 within
+    seconds, one line and no traceback from any of its processes, none of them left."""
+    cli = _Cli(busy, tmp_path / "out", own_group=True)
+    seen = cli.wait_for_workers()
+    tree, seconds = cli.stop(signal.SIGINT, seen, group=True)
+    assert cli.proc.returncode == 128 + signal.SIGINT, cli.stderr
+    assert seconds < 5, seconds
+    _nothing_left(tree)
+    assert "Traceback" not in cli.stderr, cli.stderr
+    assert cli.stderr.strip().splitlines()[-1].startswith("dedup-assets: interrupted by SIGINT")

@@ -158,8 +158,11 @@ def ordered_map(
         for item in items:
             yield fn(item)
         return
-    with worker_pool(workers, fn) as own:
+    own = worker_pool(workers, fn)
+    try:
         yield from _map_on(own, fn, items, chunk_size, max_in_flight_chunks or 4 * workers)
+    finally:  # stopped early (an error, an interrupt): only the chunks already running finish
+        own.shutdown(wait=True, cancel_futures=True)
 
 
 def worker_pool(workers: int, fn: Callable | None = None) -> ProcessPoolExecutor:
