@@ -158,11 +158,8 @@ def ordered_map(
         for item in items:
             yield fn(item)
         return
-    own = worker_pool(workers, fn)
-    try:
+    with worker_pool(workers, fn) as own:
         yield from _map_on(own, fn, items, chunk_size, max_in_flight_chunks or 4 * workers)
-    finally:  # stopped early (an error, an interrupt): only the chunks already running finish
-        own.shutdown(wait=True, cancel_futures=True)
 
 
 def worker_pool(workers: int, fn: Callable | None = None) -> ProcessPoolExecutor:
@@ -179,20 +176,24 @@ def _map_on(
     pending: deque[Future[list[R]]] = deque()
     it = iter(items)
     exhausted = False
-    while True:
-        while not exhausted and len(pending) < limit:
-            chunk: list[Any] = []
-            for item in it:
-                chunk.append(item)
-                if len(chunk) >= chunk_size:
+    try:
+        while True:
+            while not exhausted and len(pending) < limit:
+                chunk: list[Any] = []
+                for item in it:
+                    chunk.append(item)
+                    if len(chunk) >= chunk_size:
+                        break
+                if not chunk:
+                    exhausted = True
                     break
-            if not chunk:
-                exhausted = True
-                break
-            pending.append(pool.submit(_run_chunk, fn, chunk))
-        if not pending:
-            return
-        yield from pending.popleft().result()
+                pending.append(pool.submit(_run_chunk, fn, chunk))
+            if not pending:
+                return
+            yield from pending.popleft().result()
+    finally:  # stopped early (an error, an interrupt, a consumer that stops): the chunks
+        for fut in pending:  # not started yet are dropped, not computed for nobody
+            fut.cancel()
 
 
 # --------------------------------------------------------------------------- read-ahead
