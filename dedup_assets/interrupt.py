@@ -41,7 +41,10 @@ def run_stoppable(work: Callable[[], T], on_signal: Callable[[str], None]) -> T:
             outcome["error"] = exc
 
     received: list[int] = []
-    old = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in SIGNALS}
+    def note(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    old = {sig: signal.signal(sig, note) for sig in SIGNALS}
     try:
         thread = threading.Thread(target=target, name="stoppable-work", daemon=True)
         thread.start()

@@ -58,9 +58,10 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 #: a process descended from the CLI: start time (with the pid, its identity), parent, command
@@ -156,7 +157,8 @@ class _Cli:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{signal.Signals(sig).name} did not end the run in 30 s:\n{self.stderr}")
+            name = signal.Signals(sig).name
+            raise AssertionError(f"{name} did not end the run in 30 s:\n{self.stderr}") from None
         self._reader.join(10)
         return tree, time.monotonic() - sent
 
@@ -229,12 +231,14 @@ def test_sigterm_stops_at_once_and_the_same_command_resumes(busy, tmp_path):
     from dagster._core.instance.ref import InstanceRef
 
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(out / ".dedup_state" / "dagster")))
-    done = {k.split("|")[-1] for k in instance.get_materialized_partitions(AssetKey("wavelet_hashes"))}
+    keys = instance.get_materialized_partitions(AssetKey("wavelet_hashes"))
+    done = {k.split("|")[-1] for k in keys}
     assert 2 <= len(done) < SHARDS, done
     con = duckdb.connect(str(out / ".dedup_state" / "dedup_assets.duckdb"), read_only=True)
     try:
-        written = dict(con.execute("select shard, count(*) from dedup.wavelet_hashes group by 1").fetchall())
-        expected = dict(con.execute("select shard, count(*) from dedup.blob_inventory group by 1").fetchall())
+        per_shard = "select shard, count(*) from dedup.{} group by 1"
+        written = dict(con.execute(per_shard.format("wavelet_hashes")).fetchall())
+        expected = dict(con.execute(per_shard.format("blob_inventory")).fetchall())
     finally:
         con.close()
     assert set(written) == done
@@ -249,7 +253,9 @@ def test_sigterm_stops_at_once_and_the_same_command_resumes(busy, tmp_path):
     con = duckdb.connect(str(out / ".dedup_state" / "dedup_assets.duckdb"), read_only=True)
     try:
         inventory = [p for (p,) in con.execute("select path from dedup.blob_inventory").fetchall()]
-        analysed = con.execute("select count(*), count(distinct path) from dedup.wavelet_hashes").fetchone()
+        analysed = con.execute(
+            "select count(*), count(distinct path) from dedup.wavelet_hashes"
+        ).fetchone()
     finally:
         con.close()
     assert len(inventory) > 200

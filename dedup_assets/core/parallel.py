@@ -47,6 +47,9 @@ def _run_chunk(fn: Callable[[T], R], items: list[T]) -> list[R]:
     return [fn(item) for item in items]
 
 
+#: for the resource tracker: it unlinks the semaphores of a pool whose owner was killed (or
+#: stopped by :mod:`dedup_assets.interrupt`), and says so in a warning that is no news to a
+#: user who stopped a run
 _TRACKER_QUIET = "ignore::UserWarning:multiprocessing.resource_tracker"
 _SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
@@ -125,8 +128,6 @@ def _context(fn: Callable | None) -> mp.context.BaseContext:
         modules = list(dict.fromkeys(m for m in modules if m and m != "__main__"))
         if modules:
             ctx.set_forkserver_preload(modules)
-        # (the resource tracker it starts unlinks the semaphores of a pool whose owner was
-        # killed; that it did so is no news to a user who stopped a run)
         quiet = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _TRACKER_QUIET)))
         with _env(**dict.fromkeys(_SINGLE_THREAD_ENV, "1"), PYTHONWARNINGS=quiet):
             forkserver.ensure_running()
@@ -166,7 +167,10 @@ def worker_pool(workers: int, fn: Callable | None = None) -> ProcessPoolExecutor
     """The process pool ``ordered_map`` uses (``fn``: a function whose module the workers
     should have imported already). Its workers end when this process ends (:func:`_die_with`)."""
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=_context(fn), initializer=_init_worker, initargs=(os.getpid(),)
+        max_workers=workers,
+        mp_context=_context(fn),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
     )
 
 
