@@ -32,11 +32,11 @@ ROOT = str(Path(__file__).resolve().parents[1])
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory) -> Path:
-    """The sample collection plus 200 distinct generated photos (1024x768 JPEGs)."""
+    """The sample collection plus 120 distinct generated photos (1024x768 JPEGs)."""
     source = tmp_path_factory.mktemp("busy") / COLLECTION
     make_sample_collection(source)
     rng = np.random.default_rng(21)
-    for i in range(200):
+    for i in range(120):
         small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((1024, 768), Image.BICUBIC)
         img.save(source / f"generated_{i:03d}.jpg", quality=90)
@@ -258,7 +258,7 @@ def test_sigterm_stops_at_once_and_the_same_command_resumes(busy, tmp_path):
         ).fetchone()
     finally:
         con.close()
-    assert len(inventory) > 200
+    assert len(inventory) > 120
     assert analysed == (len(inventory), len(inventory))  # every image once, none twice
     assert sorted(reported) == sorted(inventory)
 
