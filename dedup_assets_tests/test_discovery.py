@@ -263,3 +263,34 @@ def test_local_chunks_cover_every_pair_once_and_keep_small_components_whole():
         triangles = {pairs[n].a // 3 for n in c if pairs[n].a < 100}
         for t in triangles:  # a triangle lies in one chunk
             assert sum(pairs[n].a // 3 == t for n in c if pairs[n].a < 100) == 3
+
+
+def test_a_pair_that_cannot_reach_min_inliers_gets_no_homography(tmp_path):
+    """Distinct photos have a few dozen ratio-test matches: below ``min_inliers`` no RANSAC is
+    run (0 inliers, no homography, no overlap check); copies are unaffected. The stage passes
+    its threshold down."""
+    import cv2
+
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.local_features import extract_features, match_homography
+
+    def feats(im):
+        return extract_features(cv2.cvtColor(np.asarray(im), cv2.COLOR_RGB2GRAY))
+
+    astro, coffee = feats(_photo("astronaut")), feats(_photo("coffee"))
+    fitted, good, H = match_homography(astro, coffee)
+    assert 4 <= fitted <= good < DEFAULT_MIN_INLIERS and H is not None  # chance inliers
+    assert match_homography(astro, coffee, min_inliers=DEFAULT_MIN_INLIERS) == (0, good, None)
+    crop = feats(_photo("astronaut").crop((30, 30, 480, 470)))
+    assert match_homography(astro, crop, min_inliers=DEFAULT_MIN_INLIERS)[0] == match_homography(astro, crop)[0]
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        _photo(name).save(folder / f"{name}.jpg", quality=92)
+    store, paths = LocalFolderStore(str(tmp_path)), ["astronaut.jpg", "coffee.jpg"]
+    pair = [Pair(0, 1, "global", -1, 0)]
+    low, low_d, _ = local_inliers(pair, paths, store, "c", workers=1, min_inliers=4)
+    high, high_d, _ = local_inliers(pair, paths, store, "c", workers=1)
+    assert low[0] >= 4 and not np.isnan(low_d[0])
+    assert high[0] == 0 and np.isnan(high_d[0])

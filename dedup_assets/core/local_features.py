@@ -131,7 +131,11 @@ def _matcher() -> "cv2.BFMatcher":
 
 
 def match_homography(
-    a: LocalFeatures, b: LocalFeatures, ratio: float = 0.8, ransac_reproj: float = 5.0
+    a: LocalFeatures,
+    b: LocalFeatures,
+    ratio: float = 0.8,
+    ransac_reproj: float = 5.0,
+    min_inliers: int = 0,
 ) -> tuple[int, int, np.ndarray | None]:
     """Returns ``(inliers, good_matches, H)`` between two feature sets.
 
@@ -139,14 +143,16 @@ def match_homography(
     Hamming distance < ``ratio`` x second nearest).  ``inliers``: how many of
     them agree with one homography ``H`` (a's resized frame -> b's) estimated by
     RANSAC (reprojection error <= ``ransac_reproj`` px in ``b``'s resized frame).
-    With fewer than 4 good matches no homography can be fitted: ``(0, good, None)``.
+    With fewer than 4 good matches no homography can be fitted, and with fewer than
+    ``min_inliers`` (the caller's decision threshold) none can reach it: no RANSAC is run,
+    ``(0, good, None)``.
     """
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
         return 0, 0, None
     knn = _matcher().knnMatch(a.descriptors, b.descriptors, k=2)
     good = [pair[0] for pair in knn if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance]
     n_good = len(good)
-    if n_good < 4:
+    if n_good < max(4, min_inliers):
         return 0, n_good, None
     src = a.points[[m.queryIdx for m in good]].reshape(-1, 1, 2)
     dst = b.points[[m.trainIdx for m in good]].reshape(-1, 1, 2)

@@ -23,6 +23,7 @@ from .embedding_cache import ROTATION_VIEW, EmbeddingCache
 from .embeddings import Embedder
 from .hashing import apply_dihedral, hamming, invert_dihedral
 from .local_features import (
+    DEFAULT_MIN_INLIERS,
     LocalFeatures,
     check_gray,
     extract_features,
@@ -394,6 +395,7 @@ def _verify_chunk(
     collection: str,
     n_features: int,
     max_views: int,
+    min_inliers: int,
     chunk: tuple[dict[int, str], list[tuple[int, int, int]]],
 ) -> tuple[list[int], list[float], int, dict[str, str]]:
     """Verify one chunk of pairs (in a worker): ``chunk`` is ``({image: path}, [(a, b,
@@ -437,7 +439,7 @@ def _verify_chunk(
             va, vb = cache.get((a, transform)), cache.get((b, 0))
             if va is None or vb is None:
                 continue
-            inliers, _, H = match_homography(va[0], vb[0])
+            inliers, _, H = match_homography(va[0], vb[0], min_inliers=min_inliers)
             out[n] = inliers
             if H is not None:
                 disagree[n] = overlap_disagreement(va[1], vb[1], H, va[2], vb[2])
@@ -468,10 +470,13 @@ def local_inliers(
     n_features: int = 1000,
     workers: int | None = None,
     max_views: int = DEFAULT_MAX_VIEWS,
+    min_inliers: int = DEFAULT_MIN_INLIERS,
 ) -> tuple[np.ndarray, np.ndarray, StageStats]:
     """RANSAC inlier count of ORB matches for each pair (-1 where an image could not be
     read) and the overlap disagreement of the pair (``local_features.overlap_disagreement``;
-    NaN where no homography was found).
+    NaN where no homography was found). A pair with fewer ratio-test matches than
+    ``min_inliers`` (the caller's threshold) cannot reach it: no homography is fitted, its
+    inliers are 0 (:func:`.local_features.match_homography`).
 
     The pairs run on ``workers`` processes in chunks of whole connected components
     (:func:`local_chunks`), each worker reading and describing the images of its chunk once
@@ -494,7 +499,12 @@ def local_inliers(
         return {i: paths[i] for a, b, _ in todo for i in (a, b)}, todo
 
     job = functools.partial(
-        _verify_chunk, store, collection, n_features, max(2, max_views // min(workers, len(chunks)))
+        _verify_chunk,
+        store,
+        collection,
+        n_features,
+        max(2, max_views // min(workers, len(chunks))),
+        min_inliers,
     )
     results = ordered_map(job, map(payload, chunks), workers=min(workers, len(chunks)), chunk_size=1)
     for chunk, (inliers, disagreement, reads, errors) in zip(chunks, results):
