@@ -255,7 +255,8 @@ def test_local_chunks_cover_every_pair_once_and_keep_small_components_whole():
     # 10 components of 3 pairs (triangles) and one chain of 30 pairs
     pairs = [Pair(3 * c + x, 3 * c + y, "global", -1, 0) for c in range(10) for x, y in ((0, 1), (0, 2), (1, 2))]
     pairs += [Pair(100 + k, 101 + k, "global", -1, 0) for k in range(30)]
-    chunks = local_chunks(pairs, 2)
+    assert [len(c) for c in local_chunks(pairs, 2)] == [30, 30]  # one per worker: triangles, chain
+    chunks = local_chunks(pairs, 2, per_worker=4)
     assert [n for c in chunks for n in c] == locality_order(pairs)
     target = -(-len(pairs) // 8)
     assert all(len(c) <= max(target, 3) for c in chunks) and len(chunks) >= 8
