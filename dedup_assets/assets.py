@@ -580,6 +580,7 @@ def local_groups(
         n_features=config.n_features,
         workers=config.workers or default_workers(),
         max_views=config.max_views,
+        min_inliers=config.min_inliers,
     )
     consistent = ~(disagreement > config.max_disagreement)  # NaN (not checked): consistent
     for path, err in stats.read_errors.items():

@@ -184,3 +184,114 @@ def test_local_stage_memory_is_bounded_and_gives_the_same_answers(tmp_path):
     assert small_stats.images_read > len(paths)  # evicted views were read again
     assert full.tolist() == small.tolist() and (full >= 0).all()
     np.testing.assert_array_equal(full_d, small_d)
+
+
+def _photo_set(tmp_path) -> tuple[list[str], list]:
+    """Six photos with three edited copies each and a corrupt file; the pairs: every pair of
+    one photo's files (some mirrored), plus distinct photos paired in a chain (one large
+    component), plus pairs with the corrupt file."""
+    from dedup_assets.core.candidates import Pair
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    names = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry"):
+        im = _photo(name)
+        w, h = im.size
+        files = {
+            f"{name}.jpg": im,
+            f"{name}_crop.jpg": im.crop((w // 10, h // 12, w - w // 10, h - h // 12)),
+            f"{name}_small.jpg": im.resize((w * 3 // 4, h * 3 // 4)),
+            f"{name}_mirror.jpg": im.transpose(Image.FLIP_LEFT_RIGHT),
+        }
+        for f, img in files.items():
+            img.save(folder / f, quality=90)
+        names += list(files)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    paths = sorted(names + ["broken.jpg"])
+    i = {p: n for n, p in enumerate(paths)}
+    pairs = []
+    for g in range(6):
+        group = names[4 * g : 4 * g + 4]
+        for x in range(4):
+            for y in range(x + 1, 4):
+                a, b = sorted((i[group[x]], i[group[y]]))
+                mirrored = group[x].endswith("_mirror.jpg") or group[y].endswith("_mirror.jpg")
+                pairs.append(Pair(a, b, "global", -1, 1 if mirrored else 0))
+        if g:
+            pairs.append(Pair(*sorted((i[names[4 * g - 4]], i[names[4 * g]])), "global", -1, 0))
+    pairs.append(Pair(*sorted((i["broken.jpg"], i["astronaut.jpg"])), "global", -1, 0))
+    return paths, pairs
+
+
+def test_local_stage_gives_the_same_answers_on_one_or_two_workers(tmp_path):
+    """The keypoint stage in worker processes (pairs cut into chunks) answers exactly what it
+    answers in this process, read errors included, and keeps copies apart from distinct photos."""
+    from dedup_assets.core.verify import local_chunks
+
+    paths, pairs = _photo_set(tmp_path)
+    store = LocalFolderStore(str(tmp_path))
+    one, one_d, one_stats = local_inliers(pairs, paths, store, "c", workers=1)
+    two, two_d, two_stats = local_inliers(pairs, paths, store, "c", workers=2)
+    assert len(local_chunks(pairs, 2)) > 1 and len(local_chunks(pairs, 1)) == 1
+    assert one.tolist() == two.tolist()
+    np.testing.assert_array_equal(one_d, two_d)  # NaN where no homography, in both
+    assert list(one_stats.read_errors) == list(two_stats.read_errors) == ["broken.jpg"]
+    assert one_stats.images_read == len(paths) <= two_stats.images_read
+    for p, n in zip(pairs, one):
+        a, b = paths[p.a], paths[p.b]
+        if "broken" in a + b:
+            assert n == -1
+        elif a.split("_")[0].split(".")[0] == b.split("_")[0].split(".")[0]:
+            assert n >= DEFAULT_MIN_INLIERS, (a, b, n)
+        else:
+            assert n < DEFAULT_MIN_INLIERS, (a, b, n)
+
+
+def test_local_chunks_cover_every_pair_once_and_keep_small_components_whole():
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.verify import local_chunks, locality_order
+
+    # 10 components of 3 pairs (triangles) and one chain of 30 pairs
+    pairs = [Pair(3 * c + x, 3 * c + y, "global", -1, 0) for c in range(10) for x, y in ((0, 1), (0, 2), (1, 2))]
+    pairs += [Pair(100 + k, 101 + k, "global", -1, 0) for k in range(30)]
+    assert [len(c) for c in local_chunks(pairs, 2)] == [30, 30]  # one per worker: triangles, chain
+    chunks = local_chunks(pairs, 2, per_worker=4)
+    assert [n for c in chunks for n in c] == locality_order(pairs)
+    target = -(-len(pairs) // 8)
+    assert all(len(c) <= max(target, 3) for c in chunks) and len(chunks) >= 8
+    for c in chunks:
+        triangles = {pairs[n].a // 3 for n in c if pairs[n].a < 100}
+        for t in triangles:  # a triangle lies in one chunk
+            assert sum(pairs[n].a // 3 == t for n in c if pairs[n].a < 100) == 3
+
+
+def test_a_pair_that_cannot_reach_min_inliers_gets_no_homography(tmp_path):
+    """Distinct photos have a few dozen ratio-test matches: below ``min_inliers`` no RANSAC is
+    run (0 inliers, no homography, no overlap check); copies are unaffected. The stage passes
+    its threshold down."""
+    import cv2
+
+    from dedup_assets.core.candidates import Pair
+    from dedup_assets.core.local_features import extract_features, match_homography
+
+    def feats(im):
+        return extract_features(cv2.cvtColor(np.asarray(im), cv2.COLOR_RGB2GRAY))
+
+    astro, coffee = feats(_photo("astronaut")), feats(_photo("coffee"))
+    fitted, good, H = match_homography(astro, coffee)
+    assert 4 <= fitted <= good < DEFAULT_MIN_INLIERS and H is not None  # chance inliers
+    assert match_homography(astro, coffee, min_inliers=DEFAULT_MIN_INLIERS) == (0, good, None)
+    crop = feats(_photo("astronaut").crop((30, 30, 480, 470)))
+    assert match_homography(astro, crop, min_inliers=DEFAULT_MIN_INLIERS)[0] == match_homography(astro, crop)[0]
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for name in ("astronaut", "coffee"):
+        _photo(name).save(folder / f"{name}.jpg", quality=92)
+    store, paths = LocalFolderStore(str(tmp_path)), ["astronaut.jpg", "coffee.jpg"]
+    pair = [Pair(0, 1, "global", -1, 0)]
+    low, low_d, _ = local_inliers(pair, paths, store, "c", workers=1, min_inliers=4)
+    high, high_d, _ = local_inliers(pair, paths, store, "c", workers=1)
+    assert low[0] >= 4 and not np.isnan(low_d[0])
+    assert high[0] == 0 and np.isnan(high_d[0])

@@ -143,3 +143,29 @@ def test_color_stats_match_opencv_histogram_and_masks():
         np.testing.assert_array_equal(sums[i], small[idx == i].astype(np.int64).sum(axis=0))
     spread = small.max(axis=2).astype(int) - small.min(axis=2)
     assert spread_sum == spread.sum() and spread_high == (spread > 20).sum()
+
+
+def test_hamming_knn2_is_opencvs_knn_match():
+    """The keypoint stage's matcher gives OpenCV's brute-force k=2 Hamming matches: the same
+    nearest row where it is unique, the same two distances always (real ORB features, and
+    random descriptors with many ties)."""
+    from dedup_assets.core.local_features import extract_features
+
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING)
+    gray = cv2.cvtColor(_photo_rgb("astronaut"), cv2.COLOR_RGB2GRAY)
+    real = [
+        (extract_features(gray).descriptors, extract_features(gray[40:470, 30:480]).descriptors),
+        (extract_features(gray).descriptors, extract_features(cv2.cvtColor(_photo_rgb("coffee"), cv2.COLOR_RGB2GRAY)).descriptors),
+    ]
+    rng = np.random.default_rng(0)
+    coarse = [(rng.integers(0, 2, (50, 32), dtype=np.uint8), rng.integers(0, 2, (70, 32), dtype=np.uint8))]
+    for a, b in real + coarse + [(a[:7], b[:2]) for a, b in real]:
+        best, d1, d2 = kernels.hamming_knn2(a, b)
+        knn = bf.knnMatch(a, b, k=2)
+        assert d1.tolist() == [int(m[0].distance) for m in knn]
+        assert d2.tolist() == [int(m[1].distance) for m in knn]
+        unique = d1 < d2
+        assert best[unique].tolist() == [m[0].trainIdx for m, u in zip(knn, unique) if u]
+        assert (d1 == d2).any() or b is not coarse[0][1]  # the coarse case has ties
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        kernels.hamming_knn2(real[0][0], real[0][1][:1])

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .kernels import hamming_knn2
+
 #: recommended decision threshold: ``inliers >= DEFAULT_MIN_INLIERS`` -> same picture
 DEFAULT_MIN_INLIERS = 40
 DEFAULT_N_FEATURES = 1000
@@ -120,36 +122,32 @@ def extract_features(gray: np.ndarray, n_features: int = DEFAULT_N_FEATURES, sid
     return LocalFeatures(points, np.ascontiguousarray(descriptors, dtype=np.uint8).reshape(-1, 32))
 
 
-_MATCHER = None
-
-
-def _matcher() -> "cv2.BFMatcher":
-    global _MATCHER
-    if _MATCHER is None:
-        _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=False)
-    return _MATCHER
-
-
 def match_homography(
-    a: LocalFeatures, b: LocalFeatures, ratio: float = 0.8, ransac_reproj: float = 5.0
+    a: LocalFeatures,
+    b: LocalFeatures,
+    ratio: float = 0.8,
+    ransac_reproj: float = 5.0,
+    min_inliers: int = 0,
 ) -> tuple[int, int, np.ndarray | None]:
     """Returns ``(inliers, good_matches, H)`` between two feature sets.
 
     ``good_matches``: matches a->b that pass Lowe's ratio test (nearest
-    Hamming distance < ``ratio`` x second nearest).  ``inliers``: how many of
+    Hamming distance < ``ratio`` x second nearest; brute force, :func:`.kernels.hamming_knn2`).  ``inliers``: how many of
     them agree with one homography ``H`` (a's resized frame -> b's) estimated by
     RANSAC (reprojection error <= ``ransac_reproj`` px in ``b``'s resized frame).
-    With fewer than 4 good matches no homography can be fitted: ``(0, good, None)``.
+    With fewer than 4 good matches no homography can be fitted, and with fewer than
+    ``min_inliers`` (the caller's decision threshold) none can reach it: no RANSAC is run,
+    ``(0, good, None)``.
     """
     if len(a.descriptors) < 2 or len(b.descriptors) < 2:
         return 0, 0, None
-    knn = _matcher().knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [pair[0] for pair in knn if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance]
+    nearest, d1, d2 = hamming_knn2(a.descriptors, b.descriptors)
+    good = np.flatnonzero(d1 < ratio * d2)
     n_good = len(good)
-    if n_good < 4:
+    if n_good < max(4, min_inliers):
         return 0, n_good, None
-    src = a.points[[m.queryIdx for m in good]].reshape(-1, 1, 2)
-    dst = b.points[[m.trainIdx for m in good]].reshape(-1, 1, 2)
+    src = a.points[good].reshape(-1, 1, 2)
+    dst = b.points[nearest[good]].reshape(-1, 1, 2)
     try:
         H, mask = cv2.findHomography(src, dst, cv2.RANSAC, float(ransac_reproj), maxIters=2000, confidence=0.995)
     except cv2.error:
