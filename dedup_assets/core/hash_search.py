@@ -52,27 +52,14 @@ from itertools import combinations
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.core import types
-from numba.extending import intrinsic
-
 from .hashing import invert_dihedral
+from .kernels import popcount as _popcount
 
 CHUNKS = 4
 CHUNK_BITS = 16
 _NVALUES = 1 << CHUNK_BITS
 _MASK16 = np.uint64(_NVALUES - 1)
 MAX_RADIUS = 64
-
-
-@intrinsic
-def _popcount(typingctx, x):
-    """LLVM ``ctpop`` on a uint64 (``popcnt``; ``vpopcntq`` when vectorised on AVX-512)."""
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-
-    return sig, codegen
 
 
 def chunk_masks(t: int) -> np.ndarray:

@@ -409,7 +409,7 @@ def jpeg_markers(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 @intrinsic
-def _popcount(typingctx, x):
+def popcount(typingctx, x):
     """LLVM ``ctpop`` on a uint64 (``popcnt``; ``vpopcntq`` when vectorised on AVX-512)."""
     sig = types.uint64(types.uint64)
 
@@ -430,7 +430,7 @@ def _knn2(a, bt):
         a0, a1, a2, a3 = a[i, 0], a[i, 1], a[i, 2], a[i, 3]
         for j in range(m):  # vectorised: popcount of xor over 4 words, m at once
             dist[j] = np.int32(
-                _popcount(a0 ^ bt[0, j]) + _popcount(a1 ^ bt[1, j]) + _popcount(a2 ^ bt[2, j]) + _popcount(a3 ^ bt[3, j])
+                popcount(a0 ^ bt[0, j]) + popcount(a1 ^ bt[1, j]) + popcount(a2 ^ bt[2, j]) + popcount(a3 ^ bt[3, j])
             )
         x1, x2, k = np.int32(1 << 30), np.int32(1 << 30), -1
         for j in range(m):
