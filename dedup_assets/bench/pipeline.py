@@ -47,6 +47,7 @@ from .accuracy import evaluate_run
 from .stage1 import RSS_METHOD, _RssSampler, _default_photo_dir
 from ..core.parallel import ordered_map, worker_pool
 from ..core.sample import PHOTOS, load_photo
+from ..core.text import help_text
 
 COLLECTION = "photos"
 FORMAT_VERSION = 2  # of the generated set: bump when the recipe changes
@@ -322,7 +323,7 @@ def _table(r: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dedup-assets bench pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="dedup-assets bench pipeline", description=help_text(__doc__.split("\n\n")[0]))
     p.add_argument("--n", type=int, default=2000, help="images in the collection (default 2000)")
     p.add_argument("--workers", type=int, default=2, help="processes, for the decode and the run (default 2)")
     p.add_argument("--mp", type=float, default=2.0, help="megapixels per image (default 2)")
