@@ -235,3 +235,141 @@ def overlap_disagreement(
     ncc = (xa * xb).mean(axis=1) / np.maximum(std_a * std_b, 1e-6)
     bad = one_flat | (both & (ncc < _MIN_NCC))
     return float(bad.sum() / inside.sum())
+
+
+# --------------------------------------------------------------------------- pair relations
+#: radial frequency bins of :func:`detail_spectrum` (0 to the Nyquist frequency)
+SPECTRUM_BINS = 32
+#: an image is an upscale when the power just above the smaller copy's Nyquist frequency is
+#: below this share of the power just below it (measured on scikit-image photos, 1.5-2.5x,
+#: JPEG q80/q92 and PNG: bicubic upscales 0.02-0.065, except smooth pictures (moon, retina,
+#: up to 0.11); the originals 0.06-0.6, most above 0.12). Low on purpose: taking an upscale
+#: for an original costs disk space, taking an original for an upscale loses its detail.
+UPSCALE_MAX_POWER = 0.055
+_SPECTRUM_CROP = 512
+
+
+def detail_spectrum(gray: np.ndarray) -> np.ndarray:
+    """Mean power per radial frequency bin (:data:`SPECTRUM_BINS` bins from 0 to Nyquist) of a
+    centre crop (at most 512 x 512, Hann window) of ``gray``: where an image's detail ends.
+    An upscaled copy has (almost) no power above its source's Nyquist frequency."""
+    h, w = gray.shape[:2]
+    y0, x0 = max(0, (h - _SPECTRUM_CROP) // 2), max(0, (w - _SPECTRUM_CROP) // 2)
+    g = gray[y0 : y0 + _SPECTRUM_CROP, x0 : x0 + _SPECTRUM_CROP].astype(np.float32)
+    h, w = g.shape
+    if min(h, w) < 32:
+        return np.full(SPECTRUM_BINS, np.nan, np.float32)
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    power = np.abs(np.fft.rfft2((g - g.mean()) * win)) ** 2
+    ky = np.fft.fftfreq(h)[:, None] * 2
+    kx = np.fft.rfftfreq(w)[None, :] * 2
+    idx = np.minimum((np.sqrt(kx * kx + ky * ky) * SPECTRUM_BINS).astype(np.int64), SPECTRUM_BINS).ravel()
+    total = np.bincount(idx, power.ravel(), SPECTRUM_BINS + 1)[:SPECTRUM_BINS]
+    count = np.bincount(idx, None, SPECTRUM_BINS + 1)[:SPECTRUM_BINS]
+    return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def power_above(spectrum: np.ndarray, c: float) -> float:
+    """Mean power of ``spectrum`` in (1.1 c, 1.5 c) over that in (0.6 c, 0.9 c), ``c`` a
+    frequency as a share of Nyquist (the smaller copy's resolution); NaN where the bands do
+    not fit or the image is flat."""
+    if not (0.05 < c < 0.85) or np.isnan(spectrum).any():
+        return float("nan")
+    k = (np.arange(SPECTRUM_BINS) + 0.5) / SPECTRUM_BINS
+    above = spectrum[(k > 1.1 * c) & (k < min(1.0, 1.5 * c))]
+    below = spectrum[(k > 0.6 * c) & (k < 0.9 * c)]
+    if above.size == 0 or below.size == 0 or below.mean() <= 0:
+        return float("nan")
+    return float(above.mean() / below.mean())
+
+
+def _uncovered(cover: np.ndarray) -> np.ndarray:
+    """Pixels outside ``cover`` (uint8 0/255), a 1 px margin at its edge counted as covered."""
+    return cv2.dilate(cover, np.ones((3, 3), np.uint8)) == 0
+
+
+def _uniform_share(vals: np.ndarray, tol: int = 12) -> float:
+    """Share of ``vals`` within ``tol`` grey levels of their median (1: one flat colour)."""
+    if vals.size == 0:
+        return 0.0
+    v = vals.astype(np.int16)
+    return float((np.abs(v - np.median(v)) <= tol).mean())
+
+
+def _uncovered_split(own: np.ndarray, cover: np.ndarray) -> tuple[float, float]:
+    """``(extra, added)``: the share of ``own`` outside ``cover`` that holds content, or
+    that is one uniform colour (padding: letterbox bars, the black corners of a tilt)."""
+    unc = _uncovered(cover)
+    frac = float(unc.mean())
+    if frac == 0:
+        return 0.0, 0.0
+    return (0.0, frac) if _uniform_share(own[unc], 10) >= 0.9 else (frac, 0.0)
+
+
+def _blocks(x: np.ndarray, block: int) -> np.ndarray:
+    nby, nbx = x.shape[0] // block, x.shape[1] // block
+    return x[: nby * block, : nbx * block].reshape(nby, block, nbx, block).swapaxes(1, 2).reshape(nby * nbx, -1)
+
+
+def _overlay(a_in_b: np.ndarray, gray_b: np.ndarray, cover_b: np.ndarray, block: int) -> tuple[float, float]:
+    """``(added_a, added_b)`` inside the overlap (``b``'s frame): the blocks where the two
+    disagree (as in :func:`overlap_disagreement`) are laid on the side whose pixels there are
+    nearer one flat colour (a caption band, a sticker), if clearly so; shares of ``b``'s blocks."""
+    if gray_b.shape[0] < block or gray_b.shape[1] < block:
+        return 0.0, 0.0
+    inside = _blocks(cover_b, block).min(axis=1) == 255
+    if not inside.any():
+        return 0.0, 0.0
+    xa = _blocks(a_in_b, block)[inside].astype(np.float32)
+    xb = _blocks(gray_b, block)[inside].astype(np.float32)
+    za, zb = xa - xa.mean(axis=1, keepdims=True), xb - xb.mean(axis=1, keepdims=True)
+    std_a, std_b = np.sqrt((za * za).mean(axis=1)), np.sqrt((zb * zb).mean(axis=1))
+    lo, hi = np.minimum(std_a, std_b), np.maximum(std_a, std_b)
+    ncc = (za * zb).mean(axis=1) / np.maximum(std_a * std_b, 1e-6)
+    bad = ((lo < _FLAT_STD) & (hi >= _TEXTURED_STD)) | ((lo >= _FLAT_STD) & (ncc < _MIN_NCC))
+    share = float(bad.sum()) / inside.size
+    if share < 0.005:
+        return 0.0, 0.0
+    ua, ub = _uniform_share(xa[bad].ravel()), _uniform_share(xb[bad].ravel())
+    if ub >= ua + 0.2:
+        return 0.0, share
+    if ua >= ub + 0.2:
+        return share, 0.0
+    return 0.0, 0.0
+
+
+def pair_relation(
+    gray_a: np.ndarray,
+    gray_b: np.ndarray,
+    H: np.ndarray,
+    frame_a: tuple[int, int],
+    frame_b: tuple[int, int],
+    block: int = 8,
+) -> tuple[float, float, float, float, float]:
+    """How two copies of one picture relate: ``(scale, extra_a, extra_b, added_a, added_b)``.
+
+    Arguments as :func:`overlap_disagreement`. ``scale``: linear size of ``a``'s content in
+    ``b``'s feature frame per unit of ``a``'s feature frame (``sqrt |det|`` of ``H``'s linear
+    part). ``extra_x``: the share of ``x``'s picture that the other does not show and that
+    holds content (``x`` shows more of the picture: the other is a crop of it, or a tilted
+    copy lost its corners). ``added_x``: the share of ``x`` that is an added band: a uniform
+    area the other does not show (letterbox bars, the black corners of a tilt, padding), or
+    where the two disagree inside the overlap and ``x`` is the flatter (a caption band).
+    """
+    sa = gray_a.shape[0] / float(frame_a[0])
+    sb = gray_b.shape[0] / float(frame_b[0])
+    Hf = np.asarray(H, dtype=np.float64)
+    Hs = np.diag([sb, sb, 1.0]) @ Hf @ np.diag([1.0 / sa, 1.0 / sa, 1.0])
+    scale = float(np.sqrt(abs(np.linalg.det(Hf[:2, :2]))))
+    try:
+        Hinv = np.linalg.inv(Hs)
+    except np.linalg.LinAlgError:
+        return scale, 0.0, 0.0, 0.0, 0.0
+    (ha, wa), (hb, wb) = gray_a.shape[:2], gray_b.shape[:2]
+    a_in_b = cv2.warpPerspective(gray_a, Hs, (wb, hb), flags=cv2.INTER_LINEAR, borderValue=0)
+    cover_b = cv2.warpPerspective(np.full((ha, wa), 255, np.uint8), Hs, (wb, hb), flags=cv2.INTER_NEAREST)
+    cover_a = cv2.warpPerspective(np.full((hb, wb), 255, np.uint8), Hinv, (wa, ha), flags=cv2.INTER_NEAREST)
+    extra_a, pad_a = _uncovered_split(gray_a, cover_a)
+    extra_b, pad_b = _uncovered_split(gray_b, cover_b)
+    over_a, over_b = _overlay(a_in_b, gray_b, cover_b, block)
+    return scale, extra_a, extra_b, pad_a + over_a, pad_b + over_b

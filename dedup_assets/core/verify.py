@@ -26,10 +26,14 @@ from .local_features import (
     DEFAULT_MIN_INLIERS,
     LocalFeatures,
     check_gray,
+    detail_spectrum,
     extract_features,
+    UPSCALE_MAX_POWER,
     feature_frame,
     match_homography,
     overlap_disagreement,
+    pair_relation,
+    power_above,
 )
 from .parallel import DEFAULT_READ_AHEAD, default_workers, map_reading, ordered_map, read_ahead_chunk
 from .rotation import rotation_descriptor
@@ -37,6 +41,12 @@ from .store import ImageStore
 
 GLOBAL_SIDE = 256
 LOCAL_SIDE = 512
+#: the local stage decodes at this long side (DCT scaling: in [1024, 2048), or the full size
+#: below) to measure detail (``detail_spectrum``: is a larger copy an upscale?), then resizes
+#: to ``LOCAL_SIDE`` for the keypoints
+DETAIL_SIDE = 1024
+#: per pair, what ``local_inliers(..., relations=)`` fills (NaN where not measured)
+RELATION_FIELDS = ("scale", "extra_a", "extra_b", "added_a", "added_b", "upscale_a", "upscale_b")
 
 #: Up to this many vectors discovery searches exactly (faiss ``IndexFlatIP``); above, an IVF
 #: index (``IndexIVFFlat``, inner product). Measured (``bench global --faiss``, 2 threads,
@@ -114,15 +124,20 @@ def _views_features(
     """Per view: ORB features, the small gray image of the overlap check, the feature frame."""
     path, transforms = item
     try:
-        rgb = decode_image(store.read_bytes(collection, path), target_side=LOCAL_SIDE).rgb
+        img = decode_image(store.read_bytes(collection, path), target_side=DETAIL_SIDE, exact=False)
     except Exception as exc:  # noqa: BLE001
         return f"{type(exc).__name__}: {exc}"
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    gray = cv2.cvtColor(img.rgb, cv2.COLOR_RGB2GRAY)
+    # (native long side, decoded long side, detail spectrum): the same for every view
+    detail = (max(img.width, img.height), max(gray.shape), detail_spectrum(gray))
+    h, w = feature_frame(gray.shape, LOCAL_SIDE)
+    if (h, w) != gray.shape and h < gray.shape[0]:
+        gray = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA)
     out = {}
     for k in transforms:
         view = np.ascontiguousarray(apply_dihedral(gray, k))
         features = extract_features(view, n_features, LOCAL_SIDE)
-        out[k] = (features, check_gray(view), feature_frame(view.shape, LOCAL_SIDE))
+        out[k] = (features, check_gray(view), feature_frame(view.shape, LOCAL_SIDE), detail)
     return out
 
 
@@ -400,16 +415,18 @@ def _verify_chunk(
     max_views: int,
     min_inliers: int,
     chunk: tuple[dict[int, str], list[tuple[int, int, int]]],
-) -> tuple[list[int], list[float], int, dict[str, str]]:
+) -> tuple[list[int], list[float], int, dict[str, str], list[tuple | None]]:
     """Verify one chunk of pairs (in a worker): ``chunk`` is ``({image: path}, [(a, b,
     transform)])`` in locality order. Views are built as the pairs need them and kept in a
     least-recently-used cache of ``max_views`` views: pairs are taken in batches needing at
     most half of it, each batch's missing images read ahead (:func:`read_ahead_chunk`).
     Returns per pair the inliers (-1: an image unreadable) and overlap disagreement (NaN: no
-    homography), then the images read and the read errors."""
+    homography), then the images read, the read errors and each pair's
+    :func:`pair_relations` (None: no homography)."""
     paths, todo = chunk
     out = [-1] * len(todo)
     disagree = [float("nan")] * len(todo)
+    relations: list[tuple | None] = [None] * len(todo)
     errors: dict[str, str] = {}
     reads = 0
     cache: OrderedDict[tuple[int, int], tuple] = OrderedDict()
@@ -446,6 +463,7 @@ def _verify_chunk(
             out[n] = inliers
             if H is not None:
                 disagree[n] = overlap_disagreement(va[1], vb[1], H, va[2], vb[2])
+                relations[n] = pair_relations(va, vb, H)
         while len(cache) > max(max_views, budget):
             cache.popitem(last=False)
 
@@ -461,7 +479,28 @@ def _verify_chunk(
         batch_views |= new
     if batch:
         run(batch)
-    return out, disagree, reads, errors
+    return out, disagree, reads, errors, relations
+
+
+def pair_relations(va: tuple, vb: tuple, H: np.ndarray) -> tuple[float, ...]:
+    """:data:`RELATION_FIELDS` of a pair from its two views (``_views_features``) and ``H``.
+
+    ``scale``: native pixels of ``b`` per native pixel of ``a`` (> 1: ``b`` is larger).
+    ``upscale_x`` (1.0 / 0.0; NaN when it cannot be told): the larger image holds no detail
+    finer than the smaller one's scale (:func:`~.local_features.power_above` below
+    :data:`~.local_features.UPSCALE_MAX_POWER`).
+    """
+    scale_f, extra_a, extra_b, added_a, added_b = pair_relation(va[1], vb[1], H, va[2], vb[2])
+    (la, da, pa), (lb, db, pb) = va[3], vb[3]
+    scale = scale_f * lb / la  # feature frames have the same long side
+    up = [float("nan"), float("nan")]
+    if scale >= 1.2 or scale <= 1 / 1.2:
+        big, (lg, dg, pg), s = (1, (lb, db, pb), scale) if scale > 1 else (0, (la, da, pa), 1 / scale)
+        # the smaller one's resolution in the larger one's decode, as a share of its Nyquist
+        r = power_above(pg, lg / (s * dg))
+        if not np.isnan(r):
+            up[big] = float(r < UPSCALE_MAX_POWER)
+    return (scale, extra_a, extra_b, added_a, added_b, up[0], up[1])
 
 
 def local_inliers(
@@ -474,12 +513,15 @@ def local_inliers(
     workers: int | None = None,
     max_views: int = DEFAULT_MAX_VIEWS,
     min_inliers: int = DEFAULT_MIN_INLIERS,
+    relations: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, StageStats]:
     """RANSAC inlier count of ORB matches for each pair (-1 where an image could not be
     read) and the overlap disagreement of the pair (``local_features.overlap_disagreement``;
     NaN where no homography was found). A pair with fewer ratio-test matches than
     ``min_inliers`` (the caller's threshold) cannot reach it: no homography is fitted, its
-    inliers are 0 (:func:`.local_features.match_homography`).
+    inliers are 0 (:func:`.local_features.match_homography`). ``relations``, a
+    ``(len(pairs), 7)`` float array, is filled with :func:`pair_relations` (columns
+    :data:`RELATION_FIELDS`) where given and a homography was found.
 
     The pairs run on ``workers`` processes in chunks of whole connected components
     (:func:`local_chunks`), each worker reading and describing the images of its chunk once
@@ -510,9 +552,13 @@ def local_inliers(
         min_inliers,
     )
     results = ordered_map(job, map(payload, chunks), workers=min(workers, len(chunks)), chunk_size=1)
-    for chunk, (inliers, disagreement, reads, errors) in zip(chunks, results):
+    for chunk, (inliers, disagreement, reads, errors, rel) in zip(chunks, results):
         out[chunk] = inliers
         disagree[chunk] = disagreement
+        if relations is not None:
+            for n, r in zip(chunk, rel):
+                if r is not None:
+                    relations[n] = r
         stats.images_read += reads
         stats.read_errors.update(errors)
     return out, disagree, stats
