@@ -42,12 +42,13 @@ from .core.analyse import ROW_VERSION
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
+from .core.keeper import KeeperPreference, Member, Relation, choose_keeper
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.store import ConfigurationError
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
-from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
+from .core.verify import DEFAULT_MAX_VIEWS, RELATION_FIELDS, global_similarities, local_inliers
 from .core.embedding_cache import EmbeddingCache
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
@@ -572,8 +573,10 @@ def local_groups(
     kept = global_groups.filter(pl.col("global_kept"))
     exact = kept.filter(pl.col("source") == "exact")
     todo_frame = kept.filter(pl.col("source") != "exact")
+    todo_pairs = _pairs_from_frame(todo_frame, index)
+    relations = np.full((len(todo_pairs), len(RELATION_FIELDS)), np.nan)
     inliers, disagreement, stats = local_inliers(
-        _pairs_from_frame(todo_frame, index),
+        todo_pairs,
         paths,
         store.get_store(),
         store.resolve_collection(context.partition_key),
@@ -581,6 +584,7 @@ def local_groups(
         workers=config.workers or default_workers(),
         max_views=config.max_views,
         min_inliers=config.min_inliers,
+        relations=relations,
     )
     consistent = ~(disagreement > config.max_disagreement)  # NaN (not checked): consistent
     for path, err in stats.read_errors.items():
@@ -591,11 +595,16 @@ def local_groups(
                 inliers=pl.lit(None, pl.Int32),
                 overlap_disagreement=pl.lit(None, pl.Float32),
                 local_kept=pl.lit(True),
+                **{f: pl.lit(None, schemas.LOCAL_PAIRS[f]) for f in RELATION_FIELDS},
             ),
             todo_frame.with_columns(
                 inliers=pl.Series(inliers, dtype=pl.Int32),
                 overlap_disagreement=pl.Series(disagreement, dtype=pl.Float32, nan_to_null=True),
                 local_kept=pl.Series((inliers >= config.min_inliers) & consistent),
+                **{
+                    f: pl.Series(relations[:, n], dtype=pl.Float64, nan_to_null=True).cast(schemas.LOCAL_PAIRS[f])
+                    for n, f in enumerate(RELATION_FIELDS)
+                },
             ),
         ],
         how="vertical_relaxed",
@@ -617,6 +626,50 @@ def local_groups(
 # --------------------------------------------------------------------------- selection
 
 
+class SelectionConfig(Config):
+    prefer_folders: list[str] = Field(
+        default=[],
+        description="Between copies equal in content, keep one under these folders first "
+        "(path prefixes, e.g. ['originals']; earlier first).",
+    )
+    prefer_oldest: bool = Field(
+        default=True,
+        description="Between copies equal in content, keep the oldest (modification time) next.",
+    )
+
+
+def _keeper_rule(images: pl.DataFrame, last_modified: list, pairs: pl.DataFrame, preference: KeeperPreference):
+    """The keeper rule of :mod:`dedup_assets.core.keeper` over ``images`` (sorted by path) and
+    the kept pairs of ``local_groups`` (their relation columns): for ``select_keepers``."""
+    index = {p: i for i, p in enumerate(images["path"].to_list())}
+    members = [
+        Member(path, bool(gray), q, fmt, mtime)
+        for path, gray, q, fmt, mtime in zip(
+            images["path"], images["is_gray"].fill_null(False), images["q_compression"],
+            images["format"], last_modified,
+        )
+    ]
+    missing = [f for f in RELATION_FIELDS if f not in pairs.columns]  # a table from before them
+    pairs = pairs.with_columns(pl.lit(None).alias(f) for f in missing)
+    by_image: dict[int, list[tuple[int, int, Relation]]] = {}
+    for row in pairs.select("path_a", "path_b", *RELATION_FIELDS).iter_rows():
+        a, b = index.get(row[0]), index.get(row[1])
+        if a is not None and b is not None:
+            entry = (a, b, Relation(*row[2:]))
+            by_image.setdefault(a, []).append(entry)
+            by_image.setdefault(b, []).append(entry)
+
+    def rule(idxs: list[int]) -> tuple[int, list[str]]:
+        pos = {i: n for n, i in enumerate(idxs)}
+        rels = {
+            (pos[a], pos[b]): rel for i in idxs for a, b, rel in by_image.get(i, ()) if a in pos and b in pos
+        }
+        return choose_keeper([members[i] for i in idxs], rels, preference)
+
+    return rule
+
+
+
 @asset(
     **COLLECTION_LEVEL,
     ins={"wavelet_hashes": ALL_SHARDS},
@@ -624,6 +677,7 @@ def local_groups(
 )
 def best_selection(
     context: AssetExecutionContext,
+    config: SelectionConfig,
     overrides: OverridesResource,
     blob_inventory: pl.DataFrame,
     wavelet_hashes: pl.DataFrame,
@@ -638,7 +692,7 @@ def best_selection(
     promise."""
     timer = Timer(context)
     images = (
-        blob_inventory.select("path", "size")
+        blob_inventory.select("path", "size", "last_modified")
         .join(wavelet_hashes.drop("collection", "shard"), on="path", how="left")
         .sort("path")
         .with_columns(
@@ -649,9 +703,8 @@ def best_selection(
         )
     )
     paths = images["path"].to_list()
-    grouping = apply_overrides(
-        paths, local_groups.filter(pl.col("local_kept")), overrides.load(context.partition_key)
-    )
+    verified = local_groups.filter(pl.col("local_kept"))
+    grouping = apply_overrides(paths, verified, overrides.load(context.partition_key))
     ok = (images["status"] == "ok").to_list()
     sel = select_keepers(
         paths,
@@ -662,6 +715,10 @@ def best_selection(
         grouping.edges,
         grouping.cannot_link,
         namespace=context.partition_key,
+        keeper_rule=_keeper_rule(
+            images, images["last_modified"].to_list(), verified,
+            KeeperPreference(tuple(config.prefer_folders), config.prefer_oldest),
+        ),
     )
     hists = report.histogram_matrix(images["color_hist"].to_list())
     frame = pl.DataFrame(
@@ -672,6 +729,7 @@ def best_selection(
             "group_id": sel.group_id,
             "group_size": sel.group_size,
             "keeper_path": sel.keeper,
+            "keeper_reason": sel.reason,
             "quality_score": images["quality_score"],
             "avg_color_correlation": mean_correlation_in_groups(hists, sel.group_id),
             "error_reason": images["error_reason"],

@@ -79,6 +79,14 @@ LOCAL_PAIRS = {
     "inliers": pl.Int32,
     "overlap_disagreement": pl.Float32,
     "local_kept": pl.Boolean,
+    # how the two copies relate (``verify.pair_relations``; null where not measured)
+    "scale": pl.Float32,
+    "extra_a": pl.Float32,
+    "extra_b": pl.Float32,
+    "added_a": pl.Float32,
+    "added_b": pl.Float32,
+    "upscale_a": pl.Boolean,
+    "upscale_b": pl.Boolean,
 }
 
 SELECTION: dict[str, pl.DataType] = {
@@ -88,6 +96,7 @@ SELECTION: dict[str, pl.DataType] = {
     "group_id": pl.String,
     "group_size": pl.Int32,
     "keeper_path": pl.String,
+    "keeper_reason": pl.String,
     "quality_score": pl.Float64,
     "avg_color_correlation": pl.Float64,
     "error_reason": pl.String,
@@ -112,6 +121,7 @@ REPORT: dict[str, pl.DataType] = {
     "Avg Color Correlation": pl.Float64,
     "Dominant Colors": pl.String,
     "Keeper Path": pl.String,
+    "Keeper Reason": pl.String,
     "Error Reason": pl.String,
     "Error Message": pl.String,
     "Width": pl.Int64,

@@ -1,8 +1,9 @@
 """Groups from verified pairs, and the keeper of each group.
 
-Groups are the connected components of the verified edges. The keeper is the image with the
-highest quality score; ties are broken by pixel count, then file size, then path, so the same
-inputs always give the same keeper.
+Groups are the connected components of the verified edges. The keeper is chosen by a keeper
+rule when one is given (``best_selection`` gives :func:`dedup_assets.core.keeper.choose_keeper`);
+without one it is the image with the highest quality score, ties broken by pixel count, then
+file size, then path, so the same inputs always give the same keeper.
 
 Cannot-link constraints (analyst overrides, :mod:`dedup_assets.core.overrides`) are honoured
 by merging edges in the given order and refusing any edge that would join two images that
@@ -12,7 +13,7 @@ must stay apart; without constraints the order does not matter.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +112,7 @@ class Selection:
     status: list[str]
     keeper: list[str | None]
     refused_edges: int = 0
+    reason: list[str | None] | None = None  # per image: why kept / why not (groups only)
 
 
 def select_keepers(
@@ -122,13 +124,15 @@ def select_keepers(
     edges: Sequence[tuple[int, int]],
     cannot_link: Sequence[tuple[int, int]] = (),
     namespace: str | None = None,
+    keeper_rule: Callable[[list[int]], tuple[int, list[str]]] | None = None,
 ) -> Selection:
     """Status, group and keeper for every image.
 
     ``edges`` join indexes into ``paths``; edges touching an image that is not ``ok`` are
     ignored (an unreadable image is never grouped). Unreadable images get status ``Error``.
     ``cannot_link`` pairs never end up in one group (edges merged in order, see
-    :func:`constrained_components`).
+    :func:`constrained_components`). ``keeper_rule(members)`` (indexes into ``paths``, sorted)
+    returns the position of the keeper in ``members`` and one reason per member.
     """
     n = len(paths)
     ok_arr = np.asarray(ok, dtype=bool)
@@ -146,15 +150,24 @@ def select_keepers(
     size = [0] * n
     status = ["Error"] * n
     keeper: list[str | None] = [None] * n
+    reason: list[str | None] = [None] * n
     for idxs in members.values():
-        best = min(idxs, key=lambda i: (-float(quality[i]), -int(pixels[i]), -int(file_size[i]), paths[i]))
+        if keeper_rule is not None and len(idxs) > 1:
+            pos, why = keeper_rule(idxs)
+            best = idxs[pos]
+            for i, w in zip(idxs, why):
+                reason[i] = w or None
+        else:
+            best = min(idxs, key=lambda i: (-float(quality[i]), -int(pixels[i]), -int(file_size[i]), paths[i]))
+            if len(idxs) > 1:
+                reason[best] = "highest quality score"
         g = group_id([paths[i] for i in idxs], namespace)
         for i in idxs:
             gid[i] = g
             size[i] = len(idxs)
             keeper[i] = paths[best]
             status[i] = "Unique" if len(idxs) == 1 else ("Best" if i == best else "Duplicate")
-    return Selection(gid, size, status, keeper, refused)
+    return Selection(gid, size, status, keeper, refused, reason)
 
 
 def mean_correlation_in_groups(hists: np.ndarray, labels: Sequence[str | None]) -> np.ndarray:

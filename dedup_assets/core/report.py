@@ -71,6 +71,7 @@ def build_report(best_selection: pl.DataFrame, wavelet_hashes: pl.DataFrame) -> 
         pl.col("avg_color_correlation").round(4).alias("Avg Color Correlation"),
         pl.col("dominant_colors").alias("Dominant Colors"),
         pl.col("keeper_path").alias("Keeper Path"),
+        pl.col("keeper_reason").alias("Keeper Reason"),
         pl.col("error_reason").alias("Error Reason"),
         pl.col("error_message").alias("Error Message"),
         pl.col("width").alias("Width"),
