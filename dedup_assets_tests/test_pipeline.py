@@ -91,16 +91,20 @@ def test_full_graph_groups_keepers_report_and_copies(pipeline_run):
         if path not in grouped and r["Status"] != "Error":
             assert r["Status"] == "Unique" and r["Group Size"] == "1"
 
-    # one keeper per group, the best-scored member, never a degraded copy
-    for group in truth["groups"]:
+    # one keeper per group: the original (or a copy equal in content), never an edited copy,
+    # and every member says why it is or is not the keeper
+    for group, original, same in zip(truth["groups"], truth["originals"], truth["equivalent"]):
         members = [by_path[p] for p in group]
         keepers = [m for m in members if m["Status"] == "Best"]
         assert len(keepers) == 1
-        assert float(keepers[0]["Quality Score"]) == max(float(m["Quality Score"]) for m in members)
+        assert keepers[0]["Image Path"] in [original, *same], (keepers[0], original)
         assert all(m["Keeper Path"] == keepers[0]["Image Path"] for m in members)
         assert all(int(m["Group Size"]) == len(group) for m in members)
-    astro_keeper = next(by_path[p] for p in truth["groups"][0] if by_path[p]["Status"] == "Best")
-    assert astro_keeper["Image Path"] not in ("edits/astronaut_q30.jpg", "edits/astronaut_small.png")
+        assert all(m["Keeper Reason"] for m in members)
+    assert by_path["originals/coffee.jpg"]["Status"] == "Best"
+    assert "crop" in by_path["originals/coffee.jpg"]["Keeper Reason"]
+    assert by_path["edits/astronaut_gray.jpg"]["Keeper Reason"] == "greyscale; another copy is in colour"
+    assert by_path["edits/coffee_crop.jpg"]["Keeper Reason"] == "a crop of another copy"
 
     # copies: keepers and unique images in best/, the others in duplicates/, bytes unchanged
     dedup = out / f"{COLLECTION}_deduplicated"

@@ -65,6 +65,8 @@ def evaluate_run(source: Path, out: Path, truth_path: Path, result, n_errors: in
         sel = con.execute(
             "select path, status, group_id, error_reason from dedup.best_selection order by path"
         ).fetchall()
+        keepers = dict(con.execute("select path, keeper_path from dedup.best_selection").fetchall())
+        reasons = dict(con.execute("select path, keeper_reason from dedup.best_selection").fetchall())
         readable = [p for p, status, _, _ in sel if status != "Error"]
         stages = {}
         for stage, (table, flag) in STAGES.items():
@@ -87,6 +89,7 @@ def evaluate_run(source: Path, out: Path, truth_path: Path, result, n_errors: in
             if "seconds" in m.metadata:  # stage 1: one materialisation per shard
                 seconds[name] = round(seconds.get(name, 0.0) + m.metadata["seconds"].value, 3)
     return {
+        "keeper": keeper_score(json.loads(Path(truth_path).read_text()), keepers, reasons),
         "dataset": source.name,
         "images": len(sel),
         "readable": len(readable),
@@ -103,6 +106,26 @@ def evaluate_run(source: Path, out: Path, truth_path: Path, result, n_errors: in
     }
 
 
+def keeper_score(truth: dict, keepers: dict[str, str | None], reasons: dict[str, str | None]) -> dict | None:
+    """Share of the truth groups whose original (``truth["originals"]``, one per group) or a
+    copy equal in content to it (``truth["equivalent"]``) is what the run keeps: the keeper of
+    the original's group, or the original itself when it stands alone. None without originals."""
+    originals = truth.get("originals")
+    if not originals:
+        return None
+    equivalent = truth.get("equivalent") or [[] for _ in originals]
+    edits = truth.get("edits", {})
+    wrong = []
+    for orig, same in zip(originals, equivalent):
+        kept = keepers.get(orig)
+        if kept is None or kept == orig or kept in same:
+            continue
+        wrong.append({"original": orig, "keeper": kept, "keeper_edits": edits.get(kept),
+                      "keeper_reason": reasons.get(kept), "original_reason": reasons.get(orig)})
+    n = len(originals)
+    return {"groups": n, "original_kept": n - len(wrong), "share": round((n - len(wrong)) / n, 4), "wrong": wrong}
+
+
 def table(res: dict) -> str:
     cols = ("precision", "recall", "f1", "bcubed_f1", "true_pairs", "predicted_pairs", "correct_pairs")
     lines = [f"{res['dataset']}: {res['images']} images, {res['errors']} errors "
@@ -113,6 +136,12 @@ def table(res: dict) -> str:
     for kind in ("false_positive", "false_negative"):
         lines.append(f"{kind} pairs: {res[kind + '_count']}")
         lines += [f"  {a}  <->  {b}" for a, b in res[kind + "_pairs"]]
+    if res.get("keeper"):
+        k = res["keeper"]
+        lines.append(f"keeper: the original (or a copy equal in content) kept in {k['original_kept']}/{k['groups']} "
+                     f"groups ({100 * k['share']:.1f} %)")
+        lines += [f"  {w['original']}: kept {w['keeper']} {w['keeper_edits']} ({w['keeper_reason']}); "
+                  f"original: {w['original_reason']}" for w in k["wrong"]]
     lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in res["seconds_per_asset"].items()))
     return "\n".join(lines)
 

@@ -16,7 +16,15 @@ Edits (one or two per copy, drawn per copy; see ``EDITS``):
 - ``caption``: a text band over the bottom 12-18 % (random words);
 - ``recolour``: hue rotation, saturation x0.3-1.8, grayscale or sepia;
 - ``recompress``: JPEG quality 18-40;
-- ``resize``: down to 35-70 % (also as WebP or PNG for some copies).
+- ``resize``: down to 35-70 % (also as WebP or PNG for some copies);
+- ``upscale``: up to 150-250 % (a copy with more pixels and no more detail);
+- ``resave``: the original's pixels saved as PNG (lossless: equal in content).
+
+``--source skimage`` takes the originals from the photos scikit-image ships (no data set needed:
+whole photos, or their halves with ``--split halves``; photos over 700 px in quadrants).
+``ground_truth.json`` records ``originals`` (per group, the unedited file) and ``equivalent``
+(per group, the copies equal in content to it: mirror, rotation, lossless re-save), which
+``bench accuracy`` uses to score the keeper of each group.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +116,19 @@ def resize(im: Image.Image, rng: random.Random) -> Image.Image:
     return im.resize((max(1, int(im.width * f)), max(1, int(im.height * f))), Image.LANCZOS)
 
 
+def upscale(im: Image.Image, rng: random.Random) -> Image.Image:
+    f = rng.uniform(1.5, 2.5)
+    return im.resize((int(im.width * f), int(im.height * f)), Image.BICUBIC)
+
+
+def resave(im: Image.Image, rng: random.Random) -> Image.Image:
+    return im  # saved as PNG (see _save)
+
+
+#: edits that leave a copy equal in content to its original
+EQUAL_CONTENT = frozenset({"mirror", "rotate90", "resave"})
+
+
 def recompress(im: Image.Image, rng: random.Random) -> Image.Image:
     return im  # the quality is applied when saving (see _save)
 
@@ -121,13 +143,18 @@ EDITS: dict[str, Callable[[Image.Image, random.Random], Image.Image]] = {
     "recolour": recolour,
     "recompress": recompress,
     "resize": resize,
+    "upscale": upscale,
+    "resave": resave,
 }
 # second edits stacked on some copies: the ones a re-share typically adds
 FOLLOW_UPS = ["resize", "recompress", "recolour", "mirror"]
 
 
 def _save(im: Image.Image, path: Path, edits: list[str], rng: random.Random) -> Path:
-    if "recompress" in edits:
+    if edits == ["resave"]:
+        path = path.with_suffix(".png")
+        im.save(path, "PNG")
+    elif "recompress" in edits:
         path = path.with_suffix(".jpg")
         im.save(path, "JPEG", quality=rng.randint(18, 40))
     elif "resize" in edits and rng.random() < 0.4:
@@ -154,7 +181,7 @@ def make_devset(
     rng = random.Random(seed)
     chosen = rng.sample(files, min(len(files), originals + distractors))
     out.mkdir(parents=True, exist_ok=True)
-    groups, edits_used = [], {}
+    groups, edits_used, equivalent = [], {}, []
     kinds = list(EDITS)
     for n, src in enumerate(chosen[:originals]):
         im = ImageOps.exif_transpose(Image.open(src)).convert("RGB")
@@ -165,7 +192,7 @@ def make_devset(
         group = [str(orig.relative_to(out))]
         for c, kind in enumerate(rng.sample(kinds, copies)):
             edits = [kind]
-            if rng.random() < 0.35:
+            if kind != "resave" and rng.random() < 0.35:
                 edits.append(rng.choice([k for k in FOLLOW_UPS if k != kind]))
             edited = im
             for e in edits:
@@ -174,6 +201,7 @@ def make_devset(
             group.append(str(dest.relative_to(out)))
             edits_used[group[-1]] = edits
         groups.append(group)
+        equivalent.append([p for p in group[1:] if set(edits_used[p]) <= EQUAL_CONTENT])
     for n, src in enumerate(chosen[originals:]):
         dest = out / "distractors" / f"d{n:04d}{src.suffix.lower()}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -186,25 +214,60 @@ def make_devset(
         "unreadable": [],
         "ambiguous": [],
         "edits": edits_used,
+        "originals": [g[0] for g in groups],
+        "equivalent": equivalent,
         "notes": {"edits": "see dedup_assets/bench/devset.py"},
     }
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=1))
     return truth
 
 
+SKIMAGE_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+    "camera", "coins", "moon", "brick", "clock", "cell",
+)
+
+
+def skimage_originals(dest: Path, split: str = "whole") -> Path:
+    """Distinct originals from scikit-image's photos, as PNG files in ``dest``: each photo
+    whole (``split="whole"``) or as its left and right halves (``"halves"``); photos over
+    700 px in quadrants either way (pieces never overlap: no two are copies)."""
+    from ..core.sample import load_photo
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SKIMAGE_PHOTOS:
+        im = load_photo(name).convert("RGB")
+        w, h = im.size
+        if max(w, h) > 700:
+            boxes = [(x, y, x + w // 2, y + h // 2) for y in (0, h // 2) for x in (0, w // 2)]
+        elif split == "halves":
+            boxes = [(0, 0, w // 2, h), (w // 2, 0, w, h)]
+        else:
+            boxes = [(0, 0, w, h)]
+        for n, box in enumerate(boxes):
+            im.crop(box).save(dest / f"{name}_{n}.png")
+    return dest
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="dedup-assets bench devset", description=help_text(__doc__.split("\n")[0]))
     p.add_argument("out", type=Path, help="folder to write (images + ground_truth.json)")
-    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of distinct originals")
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
+                   help="folder of distinct originals, or 'skimage' (scikit-image's photos)")
+    p.add_argument("--split", choices=("whole", "halves"), default="whole",
+                   help="with --source skimage: whole photos or their halves")
     p.add_argument("--originals", type=int, default=200)
     p.add_argument("--copies", type=int, default=2, help="edited copies per original")
     p.add_argument("--distractors", type=int, default=400)
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
-    if not args.source.is_dir():
-        raise SystemExit(f"no originals at {args.source}")
-    (args.out / "copies").mkdir(parents=True, exist_ok=True)
-    truth = make_devset(args.source, args.out, args.originals, args.copies, args.distractors, args.seed)
+    with tempfile.TemporaryDirectory(prefix="devset-originals-") as tmp:
+        if str(args.source) == "skimage":
+            args.source = skimage_originals(Path(tmp), args.split)
+        if not args.source.is_dir():
+            raise SystemExit(f"no originals at {args.source}")
+        (args.out / "copies").mkdir(parents=True, exist_ok=True)
+        truth = make_devset(args.source, args.out, args.originals, args.copies, args.distractors, args.seed)
     n = sum(len(g) for g in truth["groups"]) + args.distractors
     print(f"wrote {n} images ({len(truth['groups'])} groups) and ground_truth.json to {args.out}")
     return 0

@@ -8,7 +8,7 @@ the pipeline already knows about them, from the local stage's pair relations
 
 1. **content**: not a crop of another member (the other shows picture it lacks), not a
    downscale of a larger member, not an upscale of a smaller one (the larger holds no detail
-   finer than the smaller's scale: ``local_features.detail_profile``);
+   finer than the smaller's scale: ``local_features.detail_spectrum``);
 2. **no added band**: no letterbox bars, padding, black tilt corners or caption band that the
    other member does not have;
 3. **colour** over greyscale (stage 1's ``is_gray``), when a colour member is there;
