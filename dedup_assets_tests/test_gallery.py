@@ -331,6 +331,8 @@ def test_gallery_in_headless_chromium(sample_run, tmp_path):
         assert len(keepers) == 1 and rows[keepers[0]]["Status"] == "Best"
         assert g["figures"][0][1], "the keeper comes first"
     assert "★ KEEPER" in dom.text and "groups on this page" in dom.text  # the inline JS ran
+    # each image says why it is (not) the keeper, as the report does
+    assert "the other is a crop of it" in dom.text and "greyscale; another copy is in colour" in dom.text
     assert dom.images and all((page.parent / unquote(src)).is_file() for src in dom.images)
     # largest group first
     sizes = [len(g["figures"]) for g in dom.groups]

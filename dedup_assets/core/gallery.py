@@ -167,6 +167,8 @@ def prepare(
     sel = best_selection.select(
         "path", "status", "group_id", "group_size", "keeper_path", "quality_score",
         "error_reason", "error_message",
+        pl.col("keeper_reason") if "keeper_reason" in best_selection.columns
+        else pl.lit(None, pl.String).alias("keeper_reason"),
     )
     img_cols = [c for c in IMAGE_COLUMNS if c in images.columns]
     grouped = sel.filter(pl.col("group_size") > 1).join(
@@ -417,7 +419,7 @@ figcaption{font-size:12px;overflow-wrap:anywhere}.path{font-family:ui-monospace,
 .role{display:inline-block;font-weight:700;font-size:11px;padding:1px 6px;border-radius:3px;
 border:1px solid var(--mut);background:#fff}
 .keeper .role{background:var(--key);color:#fff;border-color:var(--key)}
-.q{font-weight:700}.comp{color:var(--mut)}
+.q{font-weight:700}.comp{color:var(--mut)}.why{font-style:italic}
 .badge{display:inline-block;font-size:12px;padding:1px 6px;border-radius:3px;margin-left:6px;font-weight:600}
 .warn{background:var(--warn);color:#000}.ana{background:var(--ana);color:#fff}.bad{background:var(--bad);color:#fff}
 .tw{overflow-x:auto}table{border-collapse:collapse;margin-top:8px;font-size:12px;background:#fff}
@@ -513,7 +515,8 @@ def _figure(m: dict, thumbs_ok: set[str], failed: dict[str, str], up: str = "../
         f"<figure class={'keeper' if keeper else 'dup'} data-path='{m['path_html']}'>{pic}"
         f"<figcaption><span class=role>{_ROLE.get(m['status'], _e(m['status']))}</span> "
         f"<span class=q>Q {m['q_text']}</span><br>"
-        f"<a class=path href='{href}'>{m['path_html']}</a><br>"
+        + (f"<span class=why>{_e(m['keeper_reason'])}</span><br>" if m.get("keeper_reason") else "")
+        + f"<a class=path href='{href}'>{m['path_html']}</a><br>"
         f"<span class=comp>{m['comps_text']}<br>{m['dims_text']}</span></figcaption></figure>"
     )
 
