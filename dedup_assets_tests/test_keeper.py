@@ -140,3 +140,14 @@ def test_relations_unknown_fall_back_to_the_preference():
     assert best == 0 and reasons == ["equal in content to the other; the oldest file",
                                      "equal in content to the keeper, which is the oldest file"]
     assert choose_keeper(members, {}, NO_TIE_PREFERENCE)[0] == 1
+
+
+def test_a_degenerate_homography_gives_no_relation():
+    """RANSAC can return a homography that collapses the picture (scale 0): no relation, no
+    division by zero (seen on a dev set)."""
+    from dedup_assets.core.local_features import LocalFeatures
+    from dedup_assets.core.verify import pair_relations
+
+    gray = np.asarray(load_photo("camera"))
+    view = (LocalFeatures.empty(), gray[:256, :256], (512, 512), (512, 512, np.ones(32, np.float32)))
+    assert all(np.isnan(pair_relations(view, view, np.zeros((3, 3)))))

@@ -490,6 +490,8 @@ def pair_relations(va: tuple, vb: tuple, H: np.ndarray) -> tuple[float, ...]:
     finer than the smaller one's scale (:func:`~.local_features.power_above` below
     :data:`~.local_features.UPSCALE_MAX_POWER`).
     """
+    if not 0.05 < float(np.sqrt(abs(np.linalg.det(np.asarray(H, np.float64)[:2, :2])))) < 20:
+        return (float("nan"),) * len(RELATION_FIELDS)  # a degenerate homography tells nothing
     scale_f, extra_a, extra_b, added_a, added_b = pair_relation(va[1], vb[1], H, va[2], vb[2])
     (la, da, pa), (lb, db, pb) = va[3], vb[3]
     scale = scale_f * lb / la  # feature frames have the same long side
