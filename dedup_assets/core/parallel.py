@@ -258,3 +258,9 @@ def map_reading(
     chunks = iter(lambda: list(itertools.islice(it, chunk_size)), [])
     for results in ordered_map(job, chunks, workers=workers, chunk_size=1, pool=pool):
         yield from results
+
+
+def start_forkserver() -> None:
+    """Start the workers' forkserver now: it loads :data:`WARM_MODULE` while this process goes
+    on (imports, Dagster), and the first pool finds it ready instead of waiting for it."""
+    _context(None)

@@ -15,7 +15,7 @@ import logging
 import cv2
 import numpy as np
 
-from . import analyse, gallery, verify  # noqa: F401 - the worker functions' modules
+from . import analyse, gallery, stage1, verify  # noqa: F401 - the worker functions' modules
 
 logger = logging.getLogger(__name__)
 
