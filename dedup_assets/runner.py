@@ -27,9 +27,7 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
-def stage1_batches(
-    stale: list[str], shard_images: Mapping[str, int], limit: int = STAGE1_RUN_IMAGES
-) -> list[list[str]]:
+def stage1_batches(stale: list[str], shard_images: Mapping[str, int], limit: int) -> list[list[str]]:
     """The stale shards as runs: neighbours in shard order (a run is a partition range) are
     joined while together they hold at most ``limit`` images; ``limit`` 0: one per shard."""
     order = {s: i for i, s in enumerate(SHARD_KEYS)}
@@ -135,7 +133,7 @@ def materialize_collection(
     out.resumed = n = N_SHARDS - len(stale)
     if out.resumed:
         say(f"stage 1: {out.resumed} of {N_SHARDS} shards already analysed, skipped")
-    for batch in stage1_batches(stale, state.shard_images):
+    for batch in stage1_batches(stale, state.shard_images, STAGE1_RUN_IMAGES):
         first_key, last_key = shard_partition_key(key, batch[0]), shard_partition_key(key, batch[-1])
         if len(batch) == 1:
             result = run([wavelet_hashes], first_key)
@@ -151,6 +149,7 @@ def materialize_collection(
         what = f"shard {batch[0]}" if len(batch) == 1 else f"shards {batch[0]}-{batch[-1]}"
         say(f"stage 1: {what} analysed ({n}/{N_SHARDS})")
     later = [a for a in assets if a.key not in (blob_inventory.key, wavelet_hashes.key)]
-    out.results.append(run(later, key))
+    if later:
+        out.results.append(run(later, key))
     out.finished = True
     return out
