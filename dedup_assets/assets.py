@@ -58,6 +58,7 @@ from .partitions import (
     by_collection,
     collection_shards_partitions,
     collections_partitions,
+    shard_partition_key,
 )
 from .resources import EmbedderResource, ImageStoreResource, OverridesResource
 
@@ -211,16 +212,19 @@ def wavelet_hashes(
     store: ImageStoreResource,
     blob_inventory: pl.DataFrame,
 ) -> pl.DataFrame:
-    """The one full read of every image of one shard: hashes, quality, colour signature,
-    decode status. Memory is bounded by the shard: rows become frames in chunks."""
+    """The one full read of every image of one shard (or of a range of shards of one
+    collection, analysed together on one worker pool): hashes, quality, colour signature,
+    decode status. Memory is bounded by the run's shards: rows become frames in chunks.
+    Each shard is recorded with its own images, errors and inventory fingerprint."""
     timer = Timer(context)
-    collection = collection_key(context)
-    shard = context.partition_key.keys_by_dimension["shard"]
+    collection, shards = _stage1_shards(context)
     prefix = store.resolve_collection(collection)
-    inventory = blob_inventory.sort("path")
+    # a run of one shard reads only its rows; a range reads the collection's and keeps its own
+    inventory = blob_inventory.filter(pl.col("shard").is_in(shards)).sort("path")
     paths = inventory["path"].to_list()
     workers = config.workers or default_workers()
-    progress = Progress(context, f"stage 1 {collection} {shard}", len(paths))
+    label = shards[0] if len(shards) == 1 else f"{shards[0]}-{shards[-1]}"
+    progress = Progress(context, f"stage 1 {collection} {label}", len(paths))
     chunks, rows = [], []
     for n, row in enumerate(
         analyse_collection(
@@ -242,24 +246,56 @@ def wavelet_hashes(
     chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
     frame = (
         pl.concat(chunks)
-        .join(inventory.select("path", "content_md5"), on="path", how="left")  # the store's MD5
-        .with_columns(collection=pl.lit(collection), shard=pl.lit(shard))
+        # the store's MD5 and the image's shard
+        .join(inventory.select("path", "content_md5", "shard"), on="path", how="left")
+        .with_columns(collection=pl.lit(collection))
     )
     errors = frame.filter(pl.col("status") != "ok")
-    timer.done(
+    seconds = timer.done(
         frame.height,
         images_read=len(paths),
         collection_images=len(paths),
         models=STAGE1_MODELS,
         workers=workers,
         errors=errors.height,
-        inventory_fingerprint=fingerprint(inventory.select("path", "size", "etag").iter_rows()),
+        shards_in_run=len(shards),
         stage1_version=ROW_VERSION,
-        error_reasons=MetadataValue.json(
-            dict(errors.group_by("error_reason").len().iter_rows()) if errors.height else {}
-        ),
     )
+    for shard in shards:  # state.py compares each shard's fingerprint with its inventory's
+        mine = inventory.filter(pl.col("shard") == shard)
+        errs = errors.filter(pl.col("shard") == shard)
+        share = mine.height / len(paths) if paths else 1 / len(shards)
+        context.add_asset_metadata(
+            {
+                "images": mine.height,
+                "images_read": mine.height,
+                "collection_images": mine.height,
+                # the shard's share of the run's time, so that summing over shards adds up
+                "seconds": round(seconds * share, 3),
+                "errors": errs.height,
+                "inventory_fingerprint": fingerprint(mine.select("path", "size", "etag").iter_rows()),
+                "error_reasons": MetadataValue.json(
+                    dict(errs.group_by("error_reason").len().iter_rows()) if errs.height else {}
+                ),
+            },
+            partition_key=shard_partition_key(collection, shard),
+        )
     return frame.select("collection", "shard", *STAGE1_SCHEMA, "content_md5")
+
+
+def _stage1_shards(context: AssetExecutionContext) -> tuple[str, list[str]]:
+    """The collection and the shards (in key order) of a stage-1 run: one shard partition,
+    or a range of them (``dedup-assets run`` joins the shards of a small collection)."""
+    keys = [
+        collection_shards_partitions.get_partition_key_from_str(str(k))
+        for k in context.partition_keys
+    ]
+    collections = {k.keys_by_dimension["collection"] for k in keys}
+    if len(collections) != 1:
+        raise Failure(
+            f"a stage-1 run analyses shards of one collection, not of {sorted(collections)}"
+        )
+    return collections.pop(), sorted(k.keys_by_dimension["shard"] for k in keys)
 
 
 # --------------------------------------------------------------------------- pairs

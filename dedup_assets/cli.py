@@ -252,9 +252,12 @@ def report_failure(result) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .core.parallel import default_workers, start_forkserver
     from .core.report import REPORT_NAME
 
     start = time.perf_counter()
+    if (args.workers or default_workers()) > 1:
+        start_forkserver()  # its workers' modules load while Dagster starts
     state = Path(args.state) if args.state else None
     azure = args.source.startswith("az://")
     if azure:

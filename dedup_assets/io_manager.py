@@ -1,8 +1,9 @@
 """DuckDB IO manager for polars frames: one table per asset, one partition replaced per write.
 
-- A write replaces exactly its partition (``collection``, or ``collection`` + ``shard``):
-  delete and insert run in one transaction, so a crash never leaves a half-written partition
-  and a re-run never duplicates rows. Empty frames create empty tables, so the next stage
+- A write replaces exactly its partitions (``collection``, or ``collection`` + ``shard``; a
+  run of a range of shards writes them all at once): delete and insert run in one
+  transaction, so a crash never leaves a half-written partition and a re-run never
+  duplicates rows. Empty frames create empty tables, so the next stage
   always finds its input.
 - Every statement takes its values as parameters; identifiers (schema, table, column names)
   come from code, never from collection names, and are quoted.
@@ -44,7 +45,8 @@ from pydantic import Field
 from . import schemas
 
 #: Input metadata: keep only rows whose column equals this dimension of the downstream
-#: partition (``wavelet_hashes`` reads only its shard of ``blob_inventory``).
+#: partition (``wavelet_hashes`` reads only its shard of ``blob_inventory``). A run of a
+#: partition range gets all rows of the upstream partitions and filters them itself.
 MATCH_DOWNSTREAM = "dedup/match_downstream_dimension"
 
 _LOCK_ERRORS = ("could not set lock", "conflicting lock")
@@ -219,9 +221,24 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
     def analyst_database(self) -> Path:
         return Path(self.database).with_name(Path(self.database).stem + "_analyst.duckdb")
 
-    def _publish(self, table: str, values: list[str], frame: pl.DataFrame) -> None:
+    def _publish_partitions(
+        self, table: str, columns: list[str], value_lists: list[list[str]], frame: pl.DataFrame
+    ) -> None:
+        """One Parquet file per written partition (all of the table when unpartitioned), then
+        the views database once."""
         if not (self.publish_analyst and _is_local_file(self.database)):
             return
+        if not columns:
+            self._publish(table, [], frame)
+        else:
+            for values in zip(*value_lists):
+                mine = frame.filter(
+                    pl.all_horizontal(pl.col(c) == v for c, v in zip(columns, values))
+                )
+                self._publish(table, list(values), mine)
+        self._write_views()  # a few ms; also upgrades views written by older versions
+
+    def _publish(self, table: str, values: list[str], frame: pl.DataFrame) -> None:
         folder = self.analyst_dir / self.schema_ / table
         folder.mkdir(parents=True, exist_ok=True)
         stem = "-".join(values) or "all"
@@ -231,7 +248,6 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         tmp = folder / f".{stem}.parquet.partial"
         frame.select(keep).write_parquet(tmp)
         os.replace(tmp, folder / f"{stem}.parquet")
-        self._write_views()  # a few ms; also upgrades views written by older versions
 
     def _write_views(self) -> None:
         """Rebuild the views database next to the old one, then rename it into place."""
@@ -265,20 +281,21 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
         table = context.asset_key.path[-1]
         target = f"{quote_ident(self.schema_)}.{quote_ident(table)}"
         columns: list[str] = []
-        values: list[str] = []
+        value_lists: list[list[str]] = []
         if context.has_asset_partitions:
-            keys = context.asset_partition_keys
-            if len(keys) != 1:
-                raise ValueError(f"{table}: one partition per run expected, got {len(keys)}")
+            # one partition, or several (a range of shards run together): all replaced at once
             columns, value_lists = _partition_filter(
-                context.asset_partitions_def, _partition_expr(context), keys
+                context.asset_partitions_def, _partition_expr(context), context.asset_partition_keys
             )
-            values = [v[0] for v in value_lists]
-            for column, value in zip(columns, values):
+            for column in columns:
                 if column not in obj.columns:
                     raise ValueError(f"{table}: the frame has no partition column {column!r}")
-                if obj.height and not (obj[column] == value).all():
-                    raise ValueError(f"{table}: rows outside partition {column}={value!r}")
+            if obj.height:
+                keys = pl.DataFrame(dict(zip(columns, value_lists)), schema=dict.fromkeys(columns, pl.String))
+                outside = obj.select(columns).unique().join(keys, on=columns, how="anti")
+                if outside.height:
+                    found = ", ".join(f"{c}={v!r}" for c, v in zip(columns, outside.row(0)))
+                    raise ValueError(f"{table}: rows outside the run's partitions ({found})")
         declared = schemas.TABLES.get(table)
         if declared is not None:
             obj = schemas.conform(table, obj)
@@ -306,13 +323,13 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
                 elif existing[name] != sql_type:  # e.g. typed from an empty frame by an older version
                     _retype(con, target, name, existing[name], sql_type, context.log)
             if columns:
-                where = " and ".join(f"{quote_ident(c)} = ?" for c in columns)
-                con.execute(f"delete from {target} where {where}", values)
+                where, params = _where_in(columns, value_lists)
+                con.execute(f"delete from {target} t where {where}", params)
             else:
                 con.execute(f"delete from {target}")
             con.execute(f"insert into {target} by name select * from frame")
             con.execute("commit")
-            self._publish(table, values, obj)
+            self._publish_partitions(table, columns, value_lists, obj)
         context.add_output_metadata(
             {
                 "row_count": obj.height,
@@ -339,7 +356,7 @@ class DedupDuckDBIOManager(ConfigurableIOManager):
             clauses.append(sql)
             params += p
         match = (context.definition_metadata or {}).get(MATCH_DOWNSTREAM)
-        if match:
+        if match and context.has_partition_key:  # a run of a partition range keeps its own rows
             step_key = context.partition_key
             if not isinstance(step_key, MultiPartitionKey):
                 raise ValueError(f"{table}: {MATCH_DOWNSTREAM} needs a multi-partitioned step")

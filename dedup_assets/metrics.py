@@ -60,7 +60,10 @@ class Timer:
         reset_peak_rss()
         self.start = time.perf_counter()
 
-    def done(self, images: int, *, images_read: int, collection_images: int, models: str, **extra):
+    def done(
+        self, images: int, *, images_read: int, collection_images: int, models: str, **extra
+    ) -> float:
+        """Adds the metadata; returns the seconds since the start."""
         seconds = time.perf_counter() - self.start
         self.context.add_output_metadata(
             {
@@ -78,3 +81,4 @@ class Timer:
             },
             output_name="result",
         )
+        return seconds

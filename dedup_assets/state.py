@@ -67,6 +67,7 @@ class CollectionState:
     images: int = 0
     stale_shards: list[str] = field(default_factory=list)
     shard_fingerprints: dict[str, str] = field(default_factory=dict)
+    shard_images: dict[str, int] = field(default_factory=dict)
     last_shard_storage_id: int = 0
     report_storage_id: int = 0
 
@@ -96,6 +97,7 @@ def collection_states(instance: DagsterInstance, collections: list[str]) -> dict
         state.images = int(_meta(inventory, "images") or 0)
         fingerprints = _meta(inventory, "shard_fingerprints") or {}
         state.shard_fingerprints = dict(fingerprints)
+        state.shard_images = dict(_meta(inventory, "shard_images") or {})
         for s in SHARD_KEYS:
             record = shards.get(str(shard_partition_key(c, s)))
             if record is None or fingerprints.get(s) is None:

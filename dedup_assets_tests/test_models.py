@@ -247,6 +247,39 @@ def test_openai_weights_offline_fall_back_to_descriptor(tmp_path, no_network, ca
     assert any("ViT-B-32/openai" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def test_empty_caches_fall_back_without_importing_torch(tmp_path):
+    """A fresh install has no weights anywhere: the fallback is decided without importing
+    torch and open_clip (seconds of every run); once some model is cached, open_clip decides."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from dedup_assets.core.embeddings import load_embedder; "
+        "e = load_embedder(model_name='ViT-B-32', pretrained='openai', cache_dir=sys.argv[1]); "
+        "print(e.info.kind, 'torch' in sys.modules, 'open_clip' in sys.modules); "
+        "print(e.info.fallback_reason)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def run(cache):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(cache)], env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.splitlines()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, reason = run(empty)
+    assert status == "descriptor False False"
+    assert "ViT-B-32/openai" in reason and "downloads are disabled" in reason
+
+    other = tmp_path / "other"
+    (other / "models--someone--another-model" / "snapshots").mkdir(parents=True)
+    status, reason = run(other)
+    assert status == "descriptor True True"  # looked for the tag's own files
+    assert "ViT-B-32/openai" in reason and "downloads are disabled" in reason
+
+
 def test_broken_and_missing_checkpoints_fall_back(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"this is not a torch checkpoint")

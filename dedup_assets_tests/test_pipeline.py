@@ -376,7 +376,12 @@ def test_killed_run_resumes_with_identical_results(sample, pipeline_run, tmp_pat
     _, ref_out, _, _ = pipeline_run
     source, _ = sample
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "DEDUP_SHARDS": "8"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "DEDUP_SHARDS": "8",
+        "DEDUP_STAGE1_RUN_IMAGES": "0",  # one run per shard, so that the kill lands between two
+    }
     cmd = [sys.executable, "-m", "dedup_assets.cli", "run", str(source), "--output", str(out), "--workers", "1"]
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -434,3 +439,93 @@ def test_bench_accuracy_on_the_sample_collection(sample, tmp_path, capsys):
     assert sorted(res["unreadable_reported"]) == sorted(truth["unreadable"])
     assert res["unexpected_errors"] == {}
     assert "final" in capsys.readouterr().out
+
+
+def test_stage1_joins_neighbouring_stale_shards_up_to_the_image_limit():
+    from dedup_assets.runner import stage1_batches
+
+    images = {"s000": 3, "s001": 4, "s002": 1, "s003": 2}
+    assert stage1_batches(["s003", "s000", "s001"], images, 7) == [["s000", "s001"], ["s003"]]
+    assert stage1_batches(["s000", "s001", "s003"], images, 6) == [["s000"], ["s001"], ["s003"]]
+    assert stage1_batches(["s000", "s001", "s002", "s003"], images, 0) == [["s000"], ["s001"], ["s002"], ["s003"]]
+    big = {"s000": 10, "s001": 1, "s002": 1, "s003": 1}
+    assert stage1_batches(["s000", "s001", "s002", "s003"], big, 5) == [["s000"], ["s001", "s002", "s003"]]
+
+
+def test_stage1_runs_shard_ranges_and_reanalyses_only_changed_shards(sample, tmp_path, monkeypatch):
+    """A small collection's shards are analysed in one Dagster run over the shard range; each
+    shard is still recorded on its own (images, inventory fingerprint, Parquet file), so a
+    changed image makes only its shard stale, analysed again alone."""
+    import dedup_assets.runner as runner
+    from dedup_assets.assets import blob_inventory, wavelet_hashes
+    from dedup_assets.core.shards import shard_of
+    from dedup_assets.partitions import N_SHARDS, SHARD_KEYS
+    from dedup_assets.state import collection_states
+
+    source = tmp_path / "src" / COLLECTION
+    shutil.copytree(sample[0], source)
+    out = tmp_path / "out"
+    db = out / "dedup_assets.duckdb"
+    resources = build_resources(source_root=str(source.parent), output_root=str(out), database=str(db))
+    instance = DagsterInstance.ephemeral()
+    said: list[str] = []
+
+    def run():
+        result = materialize_collection(
+            instance, COLLECTION, resources, assets=[blob_inventory, wavelet_hashes], say=said.append
+        )
+        assert result.success
+        return result
+
+    first = run()
+    assert len(first.results) == 2  # the inventory, then one stage-1 run for every shard
+    assert said[-1] == f"stage 1: shards s000-s{N_SHARDS - 1:03d} analysed ({N_SHARDS}/{N_SHARDS})"
+    state = collection_states(instance, [COLLECTION])[COLLECTION]
+    assert state.stale_shards == []
+    events = first.results[1].get_asset_materialization_events()
+    by_shard = {e.partition.split("|")[-1]: e.materialization.metadata for e in events}
+    assert sorted(by_shard) == SHARD_KEYS
+    for shard, meta in by_shard.items():
+        assert meta["images"].value == state.shard_images[shard]
+        assert meta["inventory_fingerprint"].value == state.shard_fingerprints[shard]
+    assert sum(m["images"].value for m in by_shard.values()) == state.images
+    parquet = out / "dedup_assets_analyst" / "dedup" / "wavelet_hashes"
+    assert sorted(p.name for p in parquet.glob("*.parquet")) == [f"{COLLECTION}-{s}.parquet" for s in SHARD_KEYS]
+
+    # one changed image in each of two shards: those two shards only are analysed again
+    rows = {}
+    for path in sorted(p.relative_to(source).as_posix() for p in source.rglob("*.jpg")):
+        rows.setdefault(shard_of(path, N_SHARDS), path)
+    changed = dict(list(sorted(rows.items()))[:2])
+    for path in changed.values():
+        with open(source / path, "ab") as f:
+            f.write(b"\0" * 16)  # trailing bytes: the same picture, another size and hash
+    said.clear()
+    second = run()
+    assert second.resumed == N_SHARDS - 2
+    images = collection_states(instance, [COLLECTION])[COLLECTION].shard_images
+    expected = runner.stage1_batches(sorted(changed), images, runner.STAGE1_RUN_IMAGES)
+    assert len(second.results) == 1 + len(expected)
+    analysed = {
+        e.partition.split("|")[-1] for r in second.results[1:] for e in r.get_asset_materialization_events()
+    }
+    assert analysed == set(changed)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        n, distinct = con.execute("select count(*), count(distinct path) from dedup.wavelet_hashes").fetchone()
+        assert n == distinct == state.images
+        for shard, path in changed.items():
+            size, row_shard = con.execute(
+                "select file_size, shard from dedup.wavelet_hashes where path = ?", [path]
+            ).fetchone()
+            assert (size, row_shard) == ((source / path).stat().st_size, shard)
+    finally:
+        con.close()
+
+    # without joining (DEDUP_STAGE1_RUN_IMAGES=0): one run per stale shard
+    monkeypatch.setattr(runner, "STAGE1_RUN_IMAGES", 0)
+    for path in changed.values():
+        with open(source / path, "ab") as f:
+            f.write(b"\0")
+    third = run()
+    assert len(third.results) == 1 + 2 and third.resumed == N_SHARDS - 2

@@ -623,6 +623,25 @@ def _cached_pretrained_file(pcfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
+def _no_cached_weights(cache_dir: str | None) -> bool:
+    """True when the caches :func:`_cached_pretrained_file` looks in hold no weights of any
+    model at all (no Hugging Face model folder, no file in the ``~/.cache/clip`` folder), so
+    that no pretrained tag can load: decided without importing torch or open_clip (seconds)."""
+    try:
+        from huggingface_hub import constants
+
+        hub = Path(cache_dir or constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - huggingface_hub missing: open_clip decides
+        return False
+    clip = Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+    try:
+        if hub.is_dir() and any(p.name.startswith("models--") for p in hub.iterdir()):
+            return False
+        return not (clip.is_dir() and any(p.is_file() for p in clip.iterdir()))
+    except OSError:  # unreadable: let open_clip look
+        return False
+
+
 def _describe_error(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (torch errors can be very long)."""
     lines = str(exc).strip().splitlines()
@@ -661,12 +680,30 @@ def load_embedder(
       ``allow_random_weights=True`` (tests / smoke runs), ``info.weights`` is
       ``"random (test only)"``.
 
+    When the caches hold no weights of any model (a fresh install), a tag cannot
+    load whatever it names: the fallback is decided without importing torch and
+    open_clip (seconds per run), so the model name and tag are checked only once
+    some weights are cached.
+
     Whenever the CLIP model cannot be built a :class:`DescriptorEmbedder` is
     returned instead, with ``info.fallback_reason`` saying why (and a WARNING
     logged on ``dedup_assets.embeddings``).
     """
     pretrained = (pretrained or "").strip()
     weights_label = pretrained
+    is_schema = model_name.startswith(("hf-hub:", "local-dir:"))
+    if (
+        not checkpoint_path
+        and not is_schema
+        and pretrained.lower() not in _RANDOM_TAGS
+        and not os.path.isfile(pretrained)
+        and _no_cached_weights(cache_dir)
+    ):  # the default install: no weights anywhere, so no need to import torch and open_clip
+        where = cache_dir or "the default open_clip / Hugging Face caches"
+        return _fallback(
+            f"no weights for {model_name}/{pretrained}: the open_clip cache ({where}) holds no "
+            "model weights at all, and downloads are disabled"
+        )
     try:
         import open_clip
         import torch
@@ -687,7 +724,6 @@ def load_embedder(
     except Exception as exc:
         return _fallback(f"invalid device/precision ({device!r}, {precision!r}): {exc}")
 
-    is_schema = model_name.startswith(("hf-hub:", "local-dir:"))
     if not is_schema and open_clip.get_model_config(model_name) is None:
         return _fallback(f"unknown open_clip model architecture {model_name!r}")
 

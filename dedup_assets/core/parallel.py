@@ -110,10 +110,15 @@ def _env(**values: str):
                 os.environ[k] = v
 
 
+#: Preloaded by the forkserver too: every stage's worker modules and stage 1's compiled
+#: kernels, loaded once per process instead of once per worker of every pool.
+WARM_MODULE = "dedup_assets.core.warm"
+
+
 def _context(fn: Callable | None) -> mp.context.BaseContext:
     """A forkserver context (spawn where there is none). On first use the forkserver is
-    started with single-threaded native libraries and the module of ``fn`` preloaded; the
-    parent's environment is left as it was."""
+    started with single-threaded native libraries, :data:`WARM_MODULE` and the module of
+    ``fn`` preloaded; the parent's environment is left as it was."""
     if "forkserver" not in mp.get_all_start_methods():  # pragma: no cover - not Linux/macOS
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -125,9 +130,8 @@ def _context(fn: Callable | None) -> mp.context.BaseContext:
         # job is read_ahead_chunk bound to e.g. stage 1's analyse_path)
         inner = [fn.func, *fn.args] if isinstance(fn, functools.partial) else [fn]
         modules = [getattr(f, "__module__", None) for f in inner if callable(f)]
-        modules = list(dict.fromkeys(m for m in modules if m and m != "__main__"))
-        if modules:
-            ctx.set_forkserver_preload(modules)
+        modules = list(dict.fromkeys(m for m in [WARM_MODULE, *modules] if m and m != "__main__"))
+        ctx.set_forkserver_preload(modules)
         quiet = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), _TRACKER_QUIET)))
         with _env(**dict.fromkeys(_SINGLE_THREAD_ENV, "1"), PYTHONWARNINGS=quiet):
             forkserver.ensure_running()
@@ -313,3 +317,9 @@ def map_reading(
     chunks = iter(lambda: list(itertools.islice(it, chunk_size)), [])
     for results in ordered_map(job, chunks, workers=workers, chunk_size=1, pool=pool):
         yield from results
+
+
+def start_forkserver() -> None:
+    """Start the workers' forkserver now: it loads :data:`WARM_MODULE` while this process goes
+    on (imports, Dagster), and the first pool finds it ready instead of waiting for it."""
+    _context(None)
