@@ -137,7 +137,9 @@ def env(azurite):
 def _op_config(stage1_workers: int = 1) -> dict:
     """Inline stages (fast) unless stage 1 is asked to read in worker processes."""
     workers = {"wavelet_hashes": stage1_workers, "global_groups": 1, "local_groups": 1, "review_gallery": 1}
-    return {op: {"workers": n} for op, n in workers.items()}
+    # a blob's last-modified time is its upload time, not the file's: the keeper's "oldest file"
+    # tie preference would compare different times in the two stores
+    return {op: {"workers": n} for op, n in workers.items()} | {"best_selection": {"prefer_oldest": False}}
 
 
 COPY_STAGES = [a for a in ALL_ASSETS if a.key.path[-1] in ("deduplicated_files", "image_report")]
