@@ -269,6 +269,11 @@ def test_faulty_network_same_results_no_loss_no_double_copy(env, azurite, servic
 
 def test_cli_az_url(env, azurite, service, uploaded, local_run, tree, tmp_path, capsys, monkeypatch):
     state = tmp_path / "state"
+    import dedup_assets.cli as cli
+
+    real = cli.run_azure_collection
+    same_ties = {"ops": {"best_selection": {"config": {"prefer_oldest": False}}}}  # see _op_config
+    monkeypatch.setattr(cli, "run_azure_collection", lambda *a, **k: real(*a, **k, run_config=same_ties))
     args = ["run", f"az://{SOURCE}/{COLLECTION}", "--output", "az://cli-out/results/2024"]
     assert main(args + ["--state", str(state), "--workers", "1"]) == 0
     printed = capsys.readouterr().out

@@ -108,7 +108,8 @@ class _Cli:
     """``dedup-assets run SRC --output OUT`` as a subprocess, its stderr collected."""
 
     def __init__(self, source: Path, out: Path, *, own_group: bool = False) -> None:
-        env = {**os.environ, "PYTHONPATH": ROOT, "DEDUP_SHARDS": str(SHARDS)}
+        # one stage-1 run per shard, so that signals can arrive between shards
+        env = {**os.environ, "PYTHONPATH": ROOT, "DEDUP_SHARDS": str(SHARDS), "DEDUP_STAGE1_RUN_IMAGES": "0"}
         self.cmd = [
             sys.executable, "-m", "dedup_assets.cli", "run", str(source), "--output", str(out),
             "--workers", "2",
