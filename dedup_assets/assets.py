@@ -42,13 +42,13 @@ from .core.analyse import ROW_VERSION
 from .core.candidates import Pair, colour_scores, exact_pairs, hash_neighbour_pairs
 from .core.color import ColorSignature
 from .core.grouping import mean_correlation_in_groups, select_keepers
-from .core.keeper import KeeperPreference, Member, Relation, choose_keeper
+from .core.keeper import RELATION_FIELDS, KeeperPreference, group_keeper_rule
 from .core.parallel import default_workers
 from .core.shards import fingerprint, shard_of
 from .core.store import ConfigurationError
 from .core.stage1 import DEFAULT_READ_AHEAD, analyse_collection
 from .core.local_features import DEFAULT_MAX_DISAGREEMENT, DEFAULT_MIN_INLIERS
-from .core.verify import DEFAULT_MAX_VIEWS, RELATION_FIELDS, global_similarities, local_inliers
+from .core.verify import DEFAULT_MAX_VIEWS, global_similarities, local_inliers
 from .core.embedding_cache import EmbeddingCache
 from .io_manager import MATCH_DOWNSTREAM
 from .metrics import Progress, Timer
@@ -121,7 +121,6 @@ def _inventory_size(wavelet_hashes: pl.DataFrame) -> int:
 # --------------------------------------------------------------------------- inventory
 
 
-INVENTORY_SCHEMA = {c: t for c, t in schemas.INVENTORY.items() if c not in ("collection", "prefix")}
 INVENTORY_BATCH = 20_000
 
 
@@ -142,10 +141,10 @@ def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) ->
             (b.path, b.size, b.etag, b.last_modified, b.content_md5, shard_of(b.path, N_SHARDS))
         )
         if len(rows) >= INVENTORY_BATCH:
-            frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+            frames.append(pl.DataFrame(rows, schema=schemas.LISTING, orient="row"))
             rows = []
             context.log.info(f"inventory: {sum(f.height for f in frames)} images so far")
-    frames.append(pl.DataFrame(rows, schema=INVENTORY_SCHEMA, orient="row"))
+    frames.append(pl.DataFrame(rows, schema=schemas.LISTING, orient="row"))
     frame = pl.concat(frames, rechunk=True).with_columns(
         collection=pl.lit(context.partition_key), prefix=pl.lit(prefix)
     )
@@ -165,7 +164,7 @@ def blob_inventory(context: AssetExecutionContext, store: ImageStoreResource) ->
             {k: fingerprint(v.iter_rows()) for k, v in shards.items()}
         ),
     )
-    return frame.select("collection", "prefix", *INVENTORY_SCHEMA)
+    return frame.select("collection", "prefix", *schemas.LISTING)
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -191,9 +190,6 @@ class HashingConfig(Config):
             f"({DEFAULT_READ_AHEAD} for Azure, 1 for a local folder; raise it for a network mount)."
         ),
     )
-
-
-STAGE1_SCHEMA = schemas.STAGE1_ROW
 
 
 @asset(
@@ -238,12 +234,12 @@ def wavelet_hashes(
         ),
         1,
     ):
-        rows.append({k: row.get(k) for k in STAGE1_SCHEMA})
+        rows.append({k: row.get(k) for k in schemas.STAGE1_ROW})
         if len(rows) >= 2000:
-            chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
+            chunks.append(pl.DataFrame(rows, schema=schemas.STAGE1_ROW))
             rows = []
         progress.update(n)
-    chunks.append(pl.DataFrame(rows, schema=STAGE1_SCHEMA))
+    chunks.append(pl.DataFrame(rows, schema=schemas.STAGE1_ROW))
     frame = (
         pl.concat(chunks)
         # the store's MD5 and the image's shard
@@ -280,7 +276,7 @@ def wavelet_hashes(
             },
             partition_key=shard_partition_key(collection, shard),
         )
-    return frame.select("collection", "shard", *STAGE1_SCHEMA, "content_md5")
+    return frame.select("collection", "shard", *schemas.STAGE1_ROW, "content_md5")
 
 
 def _stage1_shards(context: AssetExecutionContext) -> tuple[str, list[str]]:
@@ -674,38 +670,6 @@ class SelectionConfig(Config):
     )
 
 
-def _keeper_rule(images: pl.DataFrame, last_modified: list, pairs: pl.DataFrame, preference: KeeperPreference):
-    """The keeper rule of :mod:`dedup_assets.core.keeper` over ``images`` (sorted by path) and
-    the kept pairs of ``local_groups`` (their relation columns): for ``select_keepers``."""
-    index = {p: i for i, p in enumerate(images["path"].to_list())}
-    members = [
-        Member(path, bool(gray), q, fmt, mtime)
-        for path, gray, q, fmt, mtime in zip(
-            images["path"], images["is_gray"].fill_null(False), images["q_compression"],
-            images["format"], last_modified,
-        )
-    ]
-    missing = [f for f in RELATION_FIELDS if f not in pairs.columns]  # a table from before them
-    pairs = pairs.with_columns(pl.lit(None).alias(f) for f in missing)
-    by_image: dict[int, list[tuple[int, int, Relation]]] = {}
-    for row in pairs.select("path_a", "path_b", *RELATION_FIELDS).iter_rows():
-        a, b = index.get(row[0]), index.get(row[1])
-        if a is not None and b is not None:
-            entry = (a, b, Relation(*row[2:]))
-            by_image.setdefault(a, []).append(entry)
-            by_image.setdefault(b, []).append(entry)
-
-    def rule(idxs: list[int]) -> tuple[int, list[str]]:
-        pos = {i: n for n, i in enumerate(idxs)}
-        rels = {
-            (pos[a], pos[b]): rel for i in idxs for a, b, rel in by_image.get(i, ()) if a in pos and b in pos
-        }
-        return choose_keeper([members[i] for i in idxs], rels, preference)
-
-    return rule
-
-
-
 @asset(
     **COLLECTION_LEVEL,
     ins={"wavelet_hashes": ALL_SHARDS},
@@ -751,8 +715,9 @@ def best_selection(
         grouping.edges,
         grouping.cannot_link,
         namespace=context.partition_key,
-        keeper_rule=_keeper_rule(
-            images, images["last_modified"].to_list(), verified,
+        keeper_rule=group_keeper_rule(
+            images.select("path", "is_gray", "q_compression", "format", "last_modified"),
+            verified,
             KeeperPreference(tuple(config.prefer_folders), config.prefer_oldest),
         ),
     )

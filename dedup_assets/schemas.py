@@ -11,9 +11,8 @@ from __future__ import annotations
 import polars as pl
 from dagster import TableColumn, TableSchema
 
-INVENTORY: dict[str, pl.DataType] = {
-    "collection": pl.String,
-    "prefix": pl.String,
+#: One row of a store's listing, without the partition columns.
+LISTING: dict[str, pl.DataType] = {
     "path": pl.String,
     "size": pl.Int64,
     "etag": pl.String,
@@ -21,6 +20,7 @@ INVENTORY: dict[str, pl.DataType] = {
     "content_md5": pl.String,
     "shard": pl.String,
 }
+INVENTORY: dict[str, pl.DataType] = {"collection": pl.String, "prefix": pl.String, **LISTING}
 
 #: One row of stage 1 (``analyse`` returns these keys), without the partition columns.
 STAGE1_ROW: dict[str, pl.DataType] = {

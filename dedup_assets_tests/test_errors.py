@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from azure.storage.blob import (

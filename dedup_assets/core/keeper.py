@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 
 #: a scale between two copies within this factor is "the same size"
 SAME_SIZE = 1.2
@@ -68,6 +69,10 @@ class Relation:
     added_b: float | None = None
     upscale_a: bool | None = None
     upscale_b: bool | None = None
+
+
+#: the pair columns of ``local_groups`` that describe a relation (one home: ``Relation``)
+RELATION_FIELDS = tuple(f.name for f in dataclass_fields(Relation))
 
 
 @dataclass(frozen=True)
@@ -214,3 +219,38 @@ def choose_keeper(
         parts.append(f"equal in content to {who}; {_TIE_PHRASES[by]}")
     reasons[best] = "; ".join(parts)
     return best, reasons
+
+
+def group_keeper_rule(images, pairs, preference: KeeperPreference = KeeperPreference()):
+    """``select_keepers``' ``keeper_rule`` over a collection: ``images`` is a polars frame sorted
+    by path with ``path, is_gray, q_compression, format, last_modified`` (stage 1 and the
+    inventory); ``pairs`` the verified pairs of ``local_groups`` with their relation columns
+    (:data:`RELATION_FIELDS`; missing ones, from a table written before them, count as
+    unknown). The rule maps a group's member indexes to (keeper position, reasons)."""
+    index = {p: i for i, p in enumerate(images["path"].to_list())}
+    members = [
+        Member(path, bool(gray), q, fmt, mtime)
+        for path, gray, q, fmt, mtime in images.select(
+            "path", "is_gray", "q_compression", "format", "last_modified"
+        ).iter_rows()
+    ]
+    fields = [f for f in RELATION_FIELDS if f in pairs.columns]
+    by_image: dict[int, list[tuple[int, int, Relation]]] = {}
+    for row in pairs.select("path_a", "path_b", *fields).iter_rows(named=True):
+        a, b = index.get(row["path_a"]), index.get(row["path_b"])
+        if a is not None and b is not None:
+            entry = (a, b, Relation(**{f: row[f] for f in fields}))
+            by_image.setdefault(a, []).append(entry)
+            by_image.setdefault(b, []).append(entry)
+
+    def rule(idxs: list[int]) -> tuple[int, list[str]]:
+        pos = {i: n for n, i in enumerate(idxs)}
+        rels = {
+            (pos[a], pos[b]): rel
+            for i in idxs
+            for a, b, rel in by_image.get(i, ())
+            if a in pos and b in pos
+        }
+        return choose_keeper([members[i] for i in idxs], rels, preference)
+
+    return rule

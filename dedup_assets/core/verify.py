@@ -22,6 +22,7 @@ from .decode import decode_image
 from .embedding_cache import ROTATION_VIEW, EmbeddingCache
 from .embeddings import Embedder
 from .hashing import apply_dihedral, hamming, invert_dihedral
+from .keeper import RELATION_FIELDS  # per pair, what local_inliers(..., relations=) fills
 from .local_features import (
     DEFAULT_MIN_INLIERS,
     LocalFeatures,
@@ -45,8 +46,6 @@ LOCAL_SIDE = 512
 #: below) to measure detail (``detail_spectrum``: is a larger copy an upscale?), then resizes
 #: to ``LOCAL_SIDE`` for the keypoints
 DETAIL_SIDE = 1024
-#: per pair, what ``local_inliers(..., relations=)`` fills (NaN where not measured)
-RELATION_FIELDS = ("scale", "extra_a", "extra_b", "added_a", "added_b", "upscale_a", "upscale_b")
 
 #: Up to this many vectors discovery searches exactly (faiss ``IndexFlatIP``); above, an IVF
 #: index (``IndexIVFFlat``, inner product). Measured (``bench global --faiss``, 2 threads,
